@@ -1,0 +1,1 @@
+"""Storage backends. Import concrete classes from their modules (imported lazily)."""

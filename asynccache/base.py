@@ -1,0 +1,624 @@
+"""BaseCache: the template methods every cache shares, and the backend contract.
+
+A backend implements a handful of batch primitives on encoded bytes
+(:class:`Backend`); :class:`BaseCache` does everything else once: key checks and
+namespacing, the envelope and serialization, TTL and max-age, write-behind, read
+coalescing, stats, the fail-open error policy and the sync twins.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+from . import envelope
+from .bridge import register_exit_hook, sync_twin
+from .config import NOT_GIVEN, NotGiven, resolve_ttl, validate_ttl
+from .exceptions import (
+    CacheClosedError,
+    CacheConnectionError,
+    CacheError,
+    ConfigurationError,
+    ItemTooLargeError,
+)
+from .flush import FlushQueue
+from .guard import CircuitBreaker, GuardedBackend
+from .keys import namespace_prefix, validate_key
+from .redact import redact
+from .stats import CacheStats
+
+#: One write as backends receive it: (stored key, encoded bytes, TTL seconds or None).
+WriteItem = tuple[str, bytes, float | None]
+
+DEFAULT_MAX_ITEM_SIZE = 16 * 1024 * 1024
+DEFAULT_TIMEOUT = 5.0
+
+
+class Backend(abc.ABC):
+    """The contract a storage backend implements: batch primitives on bytes.
+
+    Keys arrive already namespaced and checked; values arrive already encoded. Errors
+    may be raised freely: :class:`~asynccache.guard.GuardedBackend` turns them into misses
+    and failed writes. Single-key calls are batches of one.
+    """
+
+    #: Short name used in stats and logs.
+    name: ClassVar[str] = "backend"
+    #: Whether calls do network I/O (enables timeouts and read coalescing by default).
+    remote: ClassVar[bool] = True
+    #: Largest batch a single primitive call receives.
+    max_batch: ClassVar[int] = 1000
+
+    #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The stored bytes for each key, ``None`` where missing; order kept."""
+
+    @abc.abstractmethod
+    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        """Store every item with its TTL (``None``: no expiry).
+
+        Return ``None`` when all were stored, or one flag per item.
+        """
+
+    @abc.abstractmethod
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete the keys; return how many existed."""
+
+    @abc.abstractmethod
+    async def clear(self, prefix: str) -> int:
+        """Delete every key that starts with ``prefix`` (``""``: everything); return the count."""
+
+    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+        """Add ``amount`` to a counter stored as a bare JSON number, creating it with ``ttl``.
+
+        The default reads and writes back, which is not atomic across processes;
+        backends with a native atomic increment override it.
+        """
+        current = (await self.get_many([key]))[0]
+        value: float = 0
+        if current is not None:
+            try:
+                decoded = envelope.decode(current).value
+            except envelope.CorruptEntry:
+                decoded = 0
+            value = decoded if isinstance(decoded, int | float) else 0
+        value += amount
+        await self.set_many([(key, orjson.dumps(value), ttl)])
+        return value
+
+    async def get_ttl(self, key: str) -> float | None | NotGiven:
+        """Remaining TTL from the store, or ``NOT_GIVEN`` to read it from the envelope."""
+        return NOT_GIVEN
+
+    async def ping(self) -> None:
+        """Raise if the backend cannot serve requests."""
+        await self.get_many(["asynccache:ping"])
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections (every loop's)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Non-secret settings for ``repr`` and ``stats()``."""
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """A value found in the cache, with where and when it came from."""
+
+    value: Any
+    key: str
+    created_at: float | None
+    expires_at: float | None
+    age: float | None
+    backend: str
+    similarity: float | None = None
+    matched_prompt: str | None = None
+
+
+class _ReadCoalescer:
+    """Merges the single-key reads of one loop tick into one batch read per loop."""
+
+    def __init__(self, fetch: Callable[[Sequence[str]], Any], max_batch: int) -> None:
+        self._fetch = fetch
+        self._max_batch = max_batch
+        self._batches: dict[asyncio.AbstractEventLoop, dict[str, list[asyncio.Future[Any]]]] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = {}
+            loop.call_soon(self._dispatch, loop)
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        waiters = batch.get(key)
+        if waiters is None:
+            batch[key] = [future]
+        else:
+            waiters.append(future)
+        return await future
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._batches.pop(loop, {})
+        keys = list(batch)
+        for start in range(0, len(keys), self._max_batch):
+            chunk = keys[start : start + self._max_batch]
+            loop.create_task(self._run(chunk, batch))
+
+    async def _run(self, keys: list[str], batch: dict[str, list[asyncio.Future[Any]]]) -> None:
+        try:
+            found = await self._fetch(keys)
+        except BaseException as exc:
+            for key in keys:
+                for future in batch[key]:
+                    if not future.done():
+                        future.set_exception(exc) if isinstance(exc, Exception) else future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for key, data in zip(keys, found, strict=True):
+            for future in batch[key]:
+                if not future.done():
+                    future.set_result(data)
+
+
+class BaseCache:
+    """Template methods over a :class:`Backend`.
+
+    Settings shared by every backend:
+
+    * ``namespace``: prefix every key (``clear`` of one namespace leaves others intact);
+    * ``ttl``: default TTL in seconds for writes that do not pass one (``None``: never);
+    * ``max_item_size``: largest encoded entry in bytes (larger values raise);
+    * ``timeout``: seconds before a remote operation counts as failed (``None``: none);
+    * ``coalesce_reads``: merge concurrent single gets into one batch get (default: on
+      for remote backends);
+    * ``write_behind`` / ``flush_size`` / ``flush_interval`` / ``max_queue_size`` /
+      ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
+      :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
+    * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker;
+    * ``clock``: seconds since the epoch (inject one in tests).
+
+    >>> cache = MemoryCache(ttl=60)                      # doctest: +SKIP
+    >>> await cache.async_set_cache("k", {"answer": 42})  # doctest: +SKIP
+    >>> await cache.async_get_cache("k")                  # doctest: +SKIP
+    {'answer': 42}
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        namespace: str | None = None,
+        ttl: float | None = None,
+        max_item_size: int = DEFAULT_MAX_ITEM_SIZE,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        coalesce_reads: bool | None = None,
+        write_behind: bool | None = None,
+        flush_size: int | None = None,
+        flush_interval: float = 0.05,
+        max_queue_size: int = 10_000,
+        queue_overflow: str = "wait",
+        flush_retries: int = 5,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if namespace is not None:
+            namespace_prefix(namespace)  # validates
+        if not isinstance(max_item_size, int) or max_item_size <= 0:
+            raise ConfigurationError(f"max_item_size must be a positive int, got {max_item_size!r}")
+        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
+            raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self.backend = backend
+        self.namespace = namespace
+        self.default_ttl = validate_ttl(ttl, "ttl")
+        self.max_item_size = max_item_size
+        self.clock = clock
+        backend.clock = clock
+        self._stats = CacheStats()
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
+        self._guard = GuardedBackend(backend, self._stats, timeout=timeout, breaker=self.breaker)
+        coalesce = backend.remote if coalesce_reads is None else coalesce_reads
+        self._coalescer = _ReadCoalescer(self._guard.get_many, backend.max_batch) if coalesce else None
+        if write_behind is None:
+            write_behind = flush_size is not None
+        self._queue: FlushQueue | None = None
+        if write_behind:
+            self._queue = FlushQueue(
+                self._guard.set_many, self._stats,
+                flush_size=flush_size or 500, flush_interval=flush_interval,
+                max_size=max_queue_size, overflow=queue_overflow, retries=flush_retries,
+            )
+            register_exit_hook(self)
+        self._closed = False
+
+    # -- naming -------------------------------------------------------------------------
+
+    def _namespace(self, namespace: str | None | NotGiven) -> str | None:
+        return self.namespace if namespace is NOT_GIVEN else namespace
+
+    def _stored_key(self, key: str, namespace: str | None) -> str:
+        return namespace_prefix(namespace) + validate_key(key)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"{type(self).__name__} was closed; create a new cache")
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
+        queue = self._queue
+        found: list[bytes | None] = [None] * len(stored)
+        missing: list[int] = []
+        for index, key in enumerate(stored):
+            queued = queue.lookup(key) if queue is not None else None
+            if queued is not None:
+                found[index] = queued[1]
+            else:
+                missing.append(index)
+        if not missing:
+            return found
+        if len(missing) == 1 and self._coalescer is not None:
+            found[missing[0]] = await self._coalescer.get(stored[missing[0]])
+            return found
+        keys = [stored[i] for i in missing]
+        step = self.backend.max_batch
+        results: list[bytes | None] = []
+        for start in range(0, len(keys), step):
+            results.extend(await self._guard.get_many(keys[start : start + step]))
+        for index, data in zip(missing, results, strict=True):
+            found[index] = data
+        return found
+
+    def _to_hit(self, stored_key: str, data: bytes | None, namespace: str | None,
+                max_age: float | None, now: float) -> CacheHit | None:
+        stats = self._stats
+        if data is None:
+            stats.add("misses", namespace=namespace)
+            return None
+        try:
+            entry = envelope.decode(data)
+        except envelope.CorruptEntry:
+            stats.add("corrupt_entries")
+            stats.add("misses", namespace=namespace)
+            return None
+        if entry.is_expired(now):
+            stats.add("expired")
+            stats.add("misses", namespace=namespace)
+            return None
+        age = entry.age(now)
+        if max_age is not None and age is not None and age > max_age:
+            stats.add("misses", namespace=namespace)
+            return None
+        stats.add("hits", namespace=namespace)
+        stats.add("bytes_read", len(data))
+        return CacheHit(entry.value, stored_key, entry.created_at, entry.expires_at, age,
+                        self.backend.name)
+
+    async def async_get_entry(
+        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN,
+        max_age: float | None = None,
+    ) -> CacheHit | None:
+        """Like :meth:`async_get_cache` but returns a :class:`CacheHit` with age and key.
+
+        ``max_age`` (the ``s-maxage`` control) rejects entries older than that many seconds.
+        """
+        self._check_open()
+        ns = self._namespace(namespace)
+        stored = self._stored_key(key, ns)
+        data = (await self._read_many([stored]))[0]
+        return self._to_hit(stored, data, ns, max_age, self.clock())
+
+    async def async_get_cache(
+        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN,
+        max_age: float | None = None,
+    ) -> Any:
+        """The cached value for ``key``, or ``None`` on a miss.
+
+        A backend failure, an expired entry or an entry that cannot be decoded is a miss
+        (and counted in :meth:`stats`), never an exception.
+        """
+        hit = await self.async_get_entry(key, namespace=namespace, max_age=max_age)
+        return None if hit is None else hit.value
+
+    async def async_batch_get_entries(
+        self, keys: Sequence[str], *, namespace: str | None | NotGiven = NOT_GIVEN,
+        max_age: float | None = None,
+    ) -> list[CacheHit | None]:
+        """One :class:`CacheHit` or ``None`` per key, order kept, in one batch read."""
+        self._check_open()
+        ns = self._namespace(namespace)
+        stored = [self._stored_key(key, ns) for key in keys]
+        found = await self._read_many(stored)
+        now = self.clock()
+        return [self._to_hit(s, d, ns, max_age, now) for s, d in zip(stored, found, strict=True)]
+
+    async def async_batch_get_cache(
+        self, keys: Sequence[str], *, namespace: str | None | NotGiven = NOT_GIVEN,
+        max_age: float | None = None,
+    ) -> list[Any]:
+        """One value (or ``None``) per key, order kept, in one batch read (one ``MGET``)."""
+        hits = await self.async_batch_get_entries(keys, namespace=namespace, max_age=max_age)
+        return [None if hit is None else hit.value for hit in hits]
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _encode(self, key: str, value: Any, ttl: float | None | NotGiven,
+                namespace: str | None, now: float) -> WriteItem:
+        stored = self._stored_key(key, namespace)
+        seconds = resolve_ttl(ttl, self.default_ttl)
+        data = envelope.encode(value, now, None if seconds is None else now + seconds, key)
+        if len(data) > self.max_item_size:
+            raise ItemTooLargeError(
+                f"value for key {key[:200]!r} is {len(data)} bytes encoded, over "
+                f"max_item_size={self.max_item_size}"
+            )
+        return stored, data, seconds
+
+    async def _write(self, items: Sequence[WriteItem], namespace: str | None) -> list[bool]:
+        self._stats.add("bytes_written", sum(len(item[1]) for item in items))
+        if self._queue is not None:
+            results = await self._queue.put_many(items)
+        else:
+            results = []
+            step = self.backend.max_batch
+            for start in range(0, len(items), step):
+                results.extend(await self._guard.set_many(items[start : start + step]))
+        stored = sum(results)
+        self._stats.add("sets", stored, namespace=namespace)
+        if stored < len(results):
+            self._stats.add("set_failures", len(results) - stored)
+        return results
+
+    async def async_set_cache(
+        self, key: str, value: Any, *, ttl: float | None | NotGiven = NOT_GIVEN,
+        namespace: str | None | NotGiven = NOT_GIVEN,
+    ) -> bool:
+        """Store ``value`` under ``key``; return whether the backend accepted it.
+
+        ``ttl`` is in seconds; ``ttl=None`` never expires; leaving it out uses the cache's
+        default TTL. A value that cannot be encoded raises
+        :class:`~asynccache.exceptions.SerializationError` naming the key; a backend
+        failure returns ``False`` (counted and logged), never raises.
+        """
+        self._check_open()
+        ns = self._namespace(namespace)
+        item = self._encode(key, value, ttl, ns, self.clock())
+        return (await self._write([item], ns))[0]
+
+    async def async_set_cache_pipeline(
+        self,
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]] | Iterable[tuple[str, Any, Any]],
+        *, ttl: float | None | NotGiven = NOT_GIVEN,
+        namespace: str | None | NotGiven = NOT_GIVEN,
+    ) -> list[bool]:
+        """Store many entries in one batch (one pipeline on Redis); one flag per entry.
+
+        ``items`` is a mapping or ``(key, value)`` / ``(key, value, ttl)`` tuples. Every
+        entry is validated before anything is written, so a bad one raises and stores none.
+        """
+        self._check_open()
+        ns = self._namespace(namespace)
+        now = self.clock()
+        pairs = items.items() if isinstance(items, Mapping) else items
+        encoded: list[WriteItem] = []
+        for entry in pairs:
+            if len(entry) == 3:
+                key, value, item_ttl = entry  # type: ignore[misc]
+            elif len(entry) == 2:
+                (key, value), item_ttl = entry, ttl
+            else:
+                raise ConfigurationError(
+                    f"pipeline items must be (key, value) or (key, value, ttl), got {entry!r:.100}"
+                )
+            encoded.append(self._encode(key, value, item_ttl, ns, now))
+        return await self._write(encoded, ns)
+
+    async def async_increment(
+        self, key: str, amount: float = 1, *, ttl: float | None | NotGiven = NOT_GIVEN,
+        namespace: str | None | NotGiven = NOT_GIVEN,
+    ) -> float | None:
+        """Add ``amount`` to a counter (created at 0 with ``ttl``); the new value or ``None``.
+
+        ``None`` means the backend failed (the failure is counted and logged).
+        """
+        self._check_open()
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise ConfigurationError(f"amount must be a number, got {amount!r}")
+        ns = self._namespace(namespace)
+        stored = self._stored_key(key, ns)
+        seconds = resolve_ttl(ttl, self.default_ttl)
+        if self._queue is not None:
+            await self._queue.forget([stored])
+        result: float | None = await self._guard.call(
+            "increment", lambda: self.backend.increment(stored, amount, seconds), None
+        )
+        return result
+
+    # -- deletes, TTL, clear ------------------------------------------------------------
+
+    async def async_delete_many(
+        self, keys: Sequence[str], *, namespace: str | None | NotGiven = NOT_GIVEN
+    ) -> int:
+        """Delete the keys; return how many existed (queued writes of them are dropped)."""
+        self._check_open()
+        ns = self._namespace(namespace)
+        return await self._delete_stored([self._stored_key(key, ns) for key in keys])
+
+    async def _delete_stored(self, stored: Sequence[str]) -> int:
+        if self._queue is not None:
+            await self._queue.forget(stored)
+        deleted = await self._guard.delete_many(stored)
+        self._stats.add("deletes", deleted)
+        return deleted
+
+    async def async_delete_cache(
+        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN
+    ) -> bool:
+        """Delete one key; return whether it existed."""
+        return await self.async_delete_many([key], namespace=namespace) > 0
+
+    async def async_clear(self, namespace: str | None | NotGiven = NOT_GIVEN) -> int:
+        """Delete every entry of ``namespace`` (default: this cache's namespace).
+
+        With no namespace at all, deletes everything the backend holds for this cache.
+        Returns the number of entries deleted.
+        """
+        self._check_open()
+        ns = self._namespace(namespace)
+        return await self._clear_prefix(namespace_prefix(ns))
+
+    async def _clear_prefix(self, prefix: str) -> int:
+        if self._queue is not None:
+            await self._queue.forget(prefix=prefix)
+        return await self._guard.clear(prefix)
+
+    async def async_get_ttl(
+        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN
+    ) -> float | None:
+        """Seconds until ``key`` expires; ``None`` if it is missing or never expires."""
+        self._check_open()
+        ns = self._namespace(namespace)
+        stored = self._stored_key(key, ns)
+        native = await self._guard.call("get_ttl", lambda: self.backend.get_ttl(stored), None)
+        if native is not NOT_GIVEN:
+            return native  # type: ignore[return-value]
+        data = (await self._read_many([stored]))[0]
+        if data is None:
+            return None
+        try:
+            entry = envelope.decode(data)
+        except envelope.CorruptEntry:
+            return None
+        now = self.clock()
+        if entry.is_expired(now):
+            return None
+        return entry.remaining_ttl(now)
+
+    # -- health and lifecycle -----------------------------------------------------------
+
+    async def async_ping(self) -> bool:
+        """Whether the backend answers; never raises."""
+        try:
+            await self.async_test_connection()
+        except CacheError:
+            return False
+        return True
+
+    async def async_test_connection(self) -> dict[str, Any]:
+        """Check the backend; raise :class:`CacheConnectionError` with a clear reason.
+
+        Returns a small report (``{"status": "healthy", "backend": ..., "latency_ms": ...}``).
+        """
+        self._check_open()
+        started = time.perf_counter()
+        try:
+            timeout = self._guard.timeout
+            if timeout is None:
+                await self.backend.ping()
+            else:
+                await asyncio.wait_for(self.backend.ping(), timeout)
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise CacheConnectionError(
+                f"{self.backend.name} backend is not usable: {type(exc).__name__}: "
+                f"{redact(str(exc))[:500]}"
+            ) from exc
+        latency = (time.perf_counter() - started) * 1000
+        return {"status": "healthy", "backend": self.backend.name, "latency_ms": round(latency, 3)}
+
+    async def async_flush(self) -> None:
+        """Wait until every queued write-behind entry has been sent."""
+        if self._queue is not None:
+            await self._queue.drain()
+
+    async def aclose(self) -> None:
+        """Drain queued writes, then close the backend's clients. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._queue is not None:
+            await self._queue.stop()
+        await self.backend.aclose()
+
+    async def disconnect(self) -> None:
+        """Alias of :meth:`aclose` (LiteLLM's name)."""
+        await self.aclose()
+
+    async def drain_at_exit(self) -> None:
+        """Called by the bridge at interpreter exit: send what is still queued."""
+        if self._queue is not None and len(self._queue):
+            await self._queue.drain()
+
+    async def __aenter__(self) -> BaseCache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> BaseCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued_writes(self) -> int:
+        """Entries waiting in the write-behind queue (0 when it is off)."""
+        return 0 if self._queue is None else len(self._queue)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state."""
+        return {**self._stats.snapshot(), **self._guard.describe(),
+                "queued_writes": self.queued_writes}
+
+    def reset_stats(self) -> None:
+        """Set every counter back to zero."""
+        self._stats.reset()
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.backend.describe().items())
+        return (f"{type(self).__name__}(backend={self.backend.name!r}"
+                f"{', ' + settings if settings else ''}, namespace={self.namespace!r}, "
+                f"ttl={self.default_ttl!r})")
+
+    # -- sync twins (generated, never hand-written) -------------------------------------
+
+    get_cache = sync_twin(async_get_cache)
+    get_entry = sync_twin(async_get_entry)
+    batch_get_cache = sync_twin(async_batch_get_cache)
+    batch_get_entries = sync_twin(async_batch_get_entries)
+    set_cache = sync_twin(async_set_cache)
+    set_cache_pipeline = sync_twin(async_set_cache_pipeline)
+    increment = sync_twin(async_increment)
+    delete_cache = sync_twin(async_delete_cache)
+    delete_many = sync_twin(async_delete_many)
+    clear = sync_twin(async_clear)
+    get_ttl = sync_twin(async_get_ttl)
+    ping = sync_twin(async_ping)
+    test_connection = sync_twin(async_test_connection)
+    flush = sync_twin(async_flush)
+    close = sync_twin(aclose)
+
+
+#: The async methods that have a generated sync twin, by twin name.
+SYNC_TWINS: dict[str, str] = {
+    name: value._async_name  # type: ignore[attr-defined]
+    for name, value in vars(BaseCache).items()
+    if isinstance(value, sync_twin)
+}

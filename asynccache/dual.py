@@ -1,0 +1,116 @@
+"""DualCache: a fast L1 (usually memory) in front of a shared L2 (Redis, S3...)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from . import envelope
+from .base import Backend, BaseCache, WriteItem
+from .config import NOT_GIVEN, NotGiven
+
+
+class DualBackend(Backend):
+    """Reads L1 then L2 (filling L1); writes both at once. Each tier keeps its own
+    error policy and circuit breaker, so L1 keeps answering while L2 is down."""
+
+    name: ClassVar[str] = "dual"
+    remote: ClassVar[bool] = False  # the tiers apply their own timeouts and coalescing
+
+    def __init__(self, l1: BaseCache, l2: BaseCache) -> None:
+        self.l1 = l1
+        self.l2 = l2
+        self.max_batch = l2.backend.max_batch
+
+    def _l1_ttl(self, data: bytes, now: float) -> float | None:
+        expires_at = envelope.peek_expires_at(data)
+        remaining = None if expires_at is None else expires_at - now
+        cap = self.l1.default_ttl
+        if remaining is None:
+            return cap
+        return remaining if cap is None else min(cap, remaining)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found = await self.l1._read_many(keys)
+        missing = [i for i, data in enumerate(found) if data is None]
+        if not missing:
+            return found
+        from_l2 = await self.l2._read_many([keys[i] for i in missing])
+        now = self.clock()
+        fill: list[WriteItem] = []
+        for index, data in zip(missing, from_l2, strict=True):
+            if data is not None:
+                found[index] = data
+                ttl = self._l1_ttl(data, now)
+                if ttl is None or ttl > 0:
+                    fill.append((keys[index], data, ttl))
+        if fill:
+            await self.l1._guard.set_many(fill)
+        return found
+
+    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        l1_items = [(key, data, self._l1_ttl(data, self.clock())) for key, data, _ in items]
+        _, durable = await asyncio.gather(
+            self.l1._guard.set_many(l1_items), self.l2._write(items, None)
+        )
+        return durable
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        in_l1, in_l2 = await asyncio.gather(
+            self.l1._guard.delete_many(keys), self.l2._delete_stored(keys)
+        )
+        return max(in_l1, in_l2)
+
+    async def clear(self, prefix: str) -> int:
+        in_l1, in_l2 = await asyncio.gather(
+            self.l1._guard.clear(prefix), self.l2._clear_prefix(prefix)
+        )
+        return max(in_l1, in_l2)
+
+    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+        value = await self.l2._guard.call(
+            "increment", lambda: self.l2.backend.increment(key, amount, ttl), None
+        )
+        if value is None:
+            raise ConnectionError("L2 increment failed")
+        await self.l1._guard.delete_many([key])
+        return value
+
+    async def get_ttl(self, key: str) -> float | None | NotGiven:
+        return NOT_GIVEN
+
+    async def ping(self) -> None:
+        await self.l1.backend.ping()
+        await self.l2.backend.ping()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(self.l1.aclose(), self.l2.aclose())
+
+    def describe(self) -> dict[str, Any]:
+        return {"l1": self.l1.backend.name, "l2": self.l2.backend.name}
+
+
+class DualCache(BaseCache):
+    """L1 + L2: reads L1 then L2 and fills L1; writes both concurrently.
+
+    A batch get asks L2 only for the keys L1 missed. L1 entries live at most
+    ``l1.default_ttl`` seconds (and never past the entry's own expiry), which bounds how
+    stale one process can be after another process rewrites L2.
+
+    >>> dual = DualCache(MemoryCache(ttl=30), RedisCache(host="127.0.0.1"))  # doctest: +SKIP
+    """
+
+    def __init__(self, l1: BaseCache | None = None, l2: BaseCache | None = None,
+                 **settings: Any) -> None:
+        if l1 is None:
+            from .backends.memory import MemoryCache
+
+            l1 = MemoryCache()
+        if l2 is None:
+            raise TypeError("DualCache needs an L2 cache, e.g. DualCache(MemoryCache(), RedisCache())")
+        self.l1, self.l2 = l1, l2
+        super().__init__(DualBackend(l1, l2), **settings)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "l1": self.l1.stats(), "l2": self.l2.stats()}

@@ -1,0 +1,61 @@
+"""Errors raised by asynccache.
+
+Every error asynccache raises derives from :class:`CacheError`::
+
+    CacheError
+    ├── ConfigurationError (also ValueError)   a bad setting, control, TTL or type name
+    │   └── ItemTooLargeError                   a value over ``max_item_size``
+    ├── SerializationError (also TypeError)    a value that cannot be stored as JSON
+    ├── MissingExtraError (also ImportError)   a backend whose extra is not installed
+    ├── BackendError                            the store failed (translated at the boundary)
+    │   ├── CacheConnectionError                unreachable, refused, bad credentials
+    │   └── CacheTimeoutError (also TimeoutError)
+    ├── CacheClosedError                        a call on a cache after ``aclose()``
+    └── BridgeError (also RuntimeError)         misuse of the sync bridge
+
+Backend errors are translated with ``raise ... from exc`` so the original stays on
+``__cause__``. Read paths never raise them to the caller (a failed read is a miss); they
+surface only from explicit health checks such as :meth:`BaseCache.test_connection`.
+"""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Root of every error raised by asynccache."""
+
+
+class ConfigurationError(CacheError, ValueError):
+    """A setting, per-call control, TTL or cache type that asynccache cannot accept."""
+
+
+class ItemTooLargeError(ConfigurationError):
+    """A value whose encoded size is over the cache's ``max_item_size``."""
+
+
+class SerializationError(CacheError, TypeError):
+    """A value that cannot be encoded (non-JSON object, NaN, nesting too deep...)."""
+
+
+class MissingExtraError(CacheError, ImportError):
+    """A backend was asked for but the optional dependency it needs is not installed."""
+
+
+class BackendError(CacheError):
+    """The storage backend failed; ``__cause__`` holds the client library's error."""
+
+
+class CacheConnectionError(BackendError):
+    """The backend could not be reached, refused the connection or the credentials."""
+
+
+class CacheTimeoutError(BackendError, TimeoutError):
+    """A backend operation took longer than the configured timeout."""
+
+
+class CacheClosedError(CacheError):
+    """The cache was used after :meth:`BaseCache.aclose`."""
+
+
+class BridgeError(CacheError, RuntimeError):
+    """The sync bridge was misused (called from its own loop thread, or after shutdown)."""

@@ -1,0 +1,162 @@
+"""``Cache(type=...)``: the LiteLLM-shaped entry point. Thin: no storage logic here."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from .base import BaseCache
+from .controls import CacheControls, CacheMode, parse_controls
+from .exceptions import ConfigurationError
+from .keys import EXCLUDED_PARAMS, request_key
+from .registry import canonical_type, create_backend
+
+#: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
+DEFAULT_CALL_TYPES: tuple[str, ...] = (
+    "completion", "acompletion", "embedding", "aembedding", "transcription", "atranscription",
+    "text_completion", "atext_completion", "rerank", "arerank", "responses", "aresponses",
+)
+
+_COMMON_SETTINGS = frozenset(
+    name for name in inspect.signature(BaseCache.__init__).parameters
+    if name not in {"self", "backend"}
+)
+# Names LiteLLM users already write, mapped to ours.
+_SETTING_ALIASES = {
+    "default_in_memory_ttl": "ttl",
+    "default_in_redis_ttl": "ttl",
+    "default_ttl": "ttl",
+    "redis_flush_size": "flush_size",
+    "redis_flush_interval": "flush_interval",
+    "max_size_in_memory": "max_entries",
+}
+
+
+class Cache(BaseCache):
+    """The cache users create: pick a backend by ``type`` and pass its settings.
+
+    ``Cache()`` is the embedded in-memory default. Other types: ``"disk"``, ``"redis"``
+    (``redis_startup_nodes=`` for a cluster), ``"s3"``, ``"gcs"``, ``"azure_blob"``,
+    ``"redis-semantic"``, ``"qdrant-semantic"``. Settings shared by all backends
+    (``namespace``, ``ttl``, ``flush_size``...) are those of :class:`BaseCache`; the rest go
+    to the backend, and a setting no one knows raises naming it.
+
+    LLM-call settings:
+
+    * ``mode``: ``"default_on"`` (cache unless ``cache={"no-cache": True}``) or
+      ``"default_off"`` (cache only calls with ``cache={"use-cache": True}``);
+    * ``supported_call_types``: which call types the wrappers cache;
+    * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
+    * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs).
+
+    >>> cache = Cache()
+    >>> key = cache.get_cache_key(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    >>> cache.set_cache(key, {"choices": [{"message": {"content": "hello"}}]}, ttl=60)
+    True
+    >>> cache.get_cache(key)["choices"][0]["message"]["content"]
+    'hello'
+    """
+
+    def __init__(
+        self,
+        type: str = "local",  # noqa: A002 - LiteLLM's parameter name
+        *,
+        mode: CacheMode | str = CacheMode.default_on,
+        supported_call_types: Iterable[str] | None = None,
+        caching_groups: Sequence[Iterable[str]] | None = None,
+        key_function: Callable[..., str] | None = None,
+        excluded_params: Iterable[str] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.type = canonical_type(type)
+        try:
+            self.mode = CacheMode(mode)
+        except ValueError:
+            raise ConfigurationError(
+                f"mode must be 'default_on' or 'default_off', got {mode!r}"
+            ) from None
+        self.supported_call_types = tuple(
+            DEFAULT_CALL_TYPES if supported_call_types is None else supported_call_types
+        )
+        self.caching_groups = [tuple(group) for group in caching_groups or ()]
+        self.key_function = key_function
+        self.excluded_params = (
+            EXCLUDED_PARAMS if excluded_params is None else frozenset(excluded_params)
+        )
+        common, backend_settings = _split_settings(settings)
+        self._settings = dict(settings)
+        super().__init__(create_backend(self.type, backend_settings), **common)
+
+    def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
+        """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
+
+        Argument and dict order never change it; credentials and transport settings are
+        left out. A ``cache_key=`` argument is returned as it is (a preset key), and a
+        ``key_function`` given to the constructor replaces the default.
+        """
+        preset = call_kwargs.get("cache_key")
+        if isinstance(preset, str) and preset:
+            return preset
+        if self.key_function is not None:
+            return self.key_function(*args, **call_kwargs)
+        if args:
+            raise ConfigurationError("get_cache_key takes the call's keyword arguments only")
+        return request_key(call_kwargs, caching_groups=self.caching_groups,
+                           excluded=self.excluded_params)
+
+    def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
+        """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
+        return parse_controls(controls)
+
+    def caches_call_type(self, call_type: str) -> bool:
+        """Whether calls of ``call_type`` are cached."""
+        return call_type in self.supported_call_types
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this cache was created with (secrets masked)."""
+        from .redact import mask
+
+        secret_words = ("password", "secret", "key", "token", "connection_string", "credential")
+        return {
+            name: (mask(value) if any(w in name for w in secret_words) else value)
+            for name, value in self._settings.items()
+        }
+
+
+def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    common: dict[str, Any] = {}
+    backend: dict[str, Any] = {}
+    for name, value in settings.items():
+        target = _SETTING_ALIASES.get(name, name)
+        if target in _COMMON_SETTINGS:
+            common[target] = value
+        else:
+            backend[target] = value
+    return common, backend
+
+
+_default_cache: Cache | None = None
+
+
+def enable_cache(type: str = "local", **settings: Any) -> Cache:  # noqa: A002
+    """Create the process-wide default cache (used by ``cached`` when no cache is given)."""
+    global _default_cache
+    _default_cache = Cache(type, **settings)
+    return _default_cache
+
+
+def update_cache(type: str = "local", **settings: Any) -> Cache:  # noqa: A002
+    """Replace the default cache with one built from new settings."""
+    return enable_cache(type, **settings)
+
+
+def disable_cache() -> None:
+    """Turn the default cache off (wrapped calls go straight upstream)."""
+    global _default_cache
+    _default_cache = None
+
+
+def get_default_cache() -> Cache | None:
+    """The cache set by :func:`enable_cache`, or ``None``."""
+    return _default_cache

@@ -1,0 +1,276 @@
+"""Write-behind: ``async_set_cache`` returns once the entry is queued; a worker flushes.
+
+The worker sends one batch (one pipeline on Redis) when ``flush_size`` entries are
+waiting or ``flush_interval`` seconds after the first one arrived, whichever comes first.
+What the queue promises:
+
+* read-your-writes: queued and in-flight entries are answered from the queue;
+* nothing accepted is lost: entries written while a flush is in flight wait for the next
+  one; a failed flush is retried with backoff, and entries finally given up are counted
+  and logged with their keys; ``aclose()`` and interpreter exit drain the queue; a worker
+  cancelled by its loop's shutdown puts its batch back for the exit drain;
+* bounded memory: with ``max_size`` entries queued or in flight, writers wait
+  (backpressure) unless the user chose ``overflow="drop"``, where each dropped entry is
+  counted and logged.
+
+The pending entries are plain data guarded by a thread lock, so one queue can be fed
+from the caller's loop and from the sync bridge's loop alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .exceptions import ConfigurationError
+from .stats import CacheStats
+
+if TYPE_CHECKING:
+    from .base import WriteItem
+
+logger = logging.getLogger("asynccache.flush")
+
+OVERFLOW_POLICIES = ("wait", "drop")
+
+
+class FlushQueue:
+    """Bounded write-behind queue with one background flush worker."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[WriteItem]], Awaitable[list[bool]]],
+        stats: CacheStats,
+        *,
+        flush_size: int = 500,
+        flush_interval: float = 0.05,
+        max_size: int = 10_000,
+        overflow: str = "wait",
+        retries: int = 5,
+        retry_backoff: float = 0.05,
+    ) -> None:
+        if flush_size < 1:
+            raise ConfigurationError(f"flush_size must be >= 1, got {flush_size!r}")
+        if flush_interval <= 0:
+            raise ConfigurationError(f"flush_interval must be > 0 seconds, got {flush_interval!r}")
+        if max_size < flush_size:
+            raise ConfigurationError(
+                f"max_queue_size ({max_size}) must be >= flush_size ({flush_size})"
+            )
+        if overflow not in OVERFLOW_POLICIES:
+            raise ConfigurationError(
+                f"queue_overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}"
+            )
+        self._write = write
+        self._stats = stats
+        self.flush_size = flush_size
+        self.flush_interval = flush_interval
+        self.max_size = max_size
+        self.overflow = overflow
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self._lock = threading.Lock()
+        self._pending: dict[str, WriteItem] = {}
+        self._inflight: dict[str, WriteItem] = {}
+        self._inflight_done: list[concurrent.futures.Future[None]] = []
+        self._space_waiters: list[concurrent.futures.Future[None]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- what callers see -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending) + len(self._inflight)
+
+    def lookup(self, key: str) -> WriteItem | None:
+        """The newest queued or in-flight write of ``key`` (read-your-writes)."""
+        with self._lock:
+            return self._pending.get(key) or self._inflight.get(key)
+
+    async def put_many(self, items: Sequence[WriteItem]) -> list[bool]:
+        """Queue writes; waits while the queue is full (or drops, if asked to)."""
+        accepted: list[bool] = []
+        for item in items:
+            accepted.append(await self._put(item))
+        self._ensure_worker()
+        return accepted
+
+    async def _put(self, item: WriteItem) -> bool:
+        key = item[0]
+        while True:
+            with self._lock:
+                size = len(self._pending) + len(self._inflight)
+                if size < self.max_size or key in self._pending:
+                    self._pending.pop(key, None)
+                    self._pending[key] = item
+                    wake = len(self._pending) == 1 or len(self._pending) >= self.flush_size
+                    break
+                if self.overflow == "drop":
+                    self._stats.add("dropped")
+                    logger.warning("asynccache: write-behind queue full, dropped key %r", key)
+                    return False
+                waiter: concurrent.futures.Future[None] = concurrent.futures.Future()
+                self._space_waiters.append(waiter)
+            self._ensure_worker(wake=True)
+            await asyncio.wrap_future(waiter)
+        self._stats.add("queued")
+        if wake:
+            self._wake_worker()
+        return True
+
+    async def forget(self, keys: Sequence[str] = (), prefix: str | None = None) -> None:
+        """Drop queued writes of ``keys`` (or under ``prefix``) and wait out in-flight ones.
+
+        Called before a delete or clear, so a write queued earlier cannot land after the
+        delete and bring the entry back.
+        """
+        with self._lock:
+            for key in keys:
+                self._pending.pop(key, None)
+            if prefix is not None:
+                for key in [k for k in self._pending if k.startswith(prefix)]:
+                    del self._pending[key]
+            waits = list(self._inflight_done)
+        self._release_space()
+        for done in waits:
+            await asyncio.wrap_future(done)
+
+    async def drain(self) -> None:
+        """Flush everything queued, on the running loop, and wait for in-flight batches."""
+        while True:
+            flushed = await self._flush_batch()
+            with self._lock:
+                waits = list(self._inflight_done)
+                empty = not self._pending and not self._inflight
+            if empty:
+                return
+            if not flushed:
+                for done in waits:
+                    await asyncio.wrap_future(done)
+
+    async def stop(self) -> None:
+        """Drain, then stop the worker."""
+        await self.drain()
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():
+            if worker.get_loop() is asyncio.get_running_loop():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            elif not worker.get_loop().is_closed():
+                worker.get_loop().call_soon_threadsafe(worker.cancel)
+
+    # -- the worker -------------------------------------------------------------------
+
+    def _ensure_worker(self, wake: bool = False) -> None:
+        worker = self._worker
+        if worker is not None and not worker.done() and not worker.get_loop().is_closed():
+            if wake:
+                self._wake_worker()
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._worker = loop.create_task(self._work(), name="asynccache-flush")
+
+    def _wake_worker(self) -> None:
+        worker, wake = self._worker, self._wake
+        if worker is None or wake is None or worker.done():
+            return
+        loop = worker.get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    async def _work(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            await wake.wait()
+            wake.clear()
+            with self._lock:
+                waiting = len(self._pending)
+            if waiting == 0:
+                continue
+            if waiting < self.flush_size:
+                # Give the batch up to flush_interval to fill; a full batch wakes us early.
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.flush_interval)
+                wake.clear()
+            while await self._flush_batch(full_only=True):
+                pass
+            with self._lock:
+                leftover = bool(self._pending)
+            if leftover:
+                await self._flush_batch()
+                with self._lock:
+                    if self._pending:
+                        wake.set()
+
+    async def _flush_batch(self, full_only: bool = False) -> bool:
+        """Send one batch; return whether anything was sent."""
+        with self._lock:
+            if not self._pending or (full_only and len(self._pending) < self.flush_size):
+                return False
+            keys = list(self._pending)[: self.flush_size]
+            batch = [self._pending.pop(key) for key in keys]
+            for item in batch:
+                self._inflight[item[0]] = item
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._inflight_done.append(done)
+        try:
+            await self._send_with_retries(batch)
+        except BaseException:
+            # Cancelled (the loop is shutting down): put the batch back for the exit drain,
+            # unless a newer write of the same key is already queued.
+            with self._lock:
+                for item in batch:
+                    self._pending.setdefault(item[0], item)
+            raise
+        finally:
+            with self._lock:
+                for item in batch:
+                    if self._inflight.get(item[0]) is item:
+                        del self._inflight[item[0]]
+                self._inflight_done.remove(done)
+            done.set_result(None)
+            self._release_space()
+        return True
+
+    async def _send_with_retries(self, batch: list[WriteItem]) -> None:
+        remaining = batch
+        for attempt in range(self.retries + 1):
+            results = await self._write(remaining)
+            failed = [item for item, ok in zip(remaining, results, strict=True) if not ok]
+            self._stats.add("flushed", len(remaining) - len(failed))
+            if not failed:
+                return
+            if attempt == self.retries:
+                break
+            self._stats.add("flush_retries", len(failed))
+            remaining = failed
+            await asyncio.sleep(self.retry_backoff * (2**attempt))
+        self._stats.add("given_up", len(failed))
+        shown = ", ".join(repr(item[0]) for item in failed[:20])
+        more = f" and {len(failed) - 20} more" if len(failed) > 20 else ""
+        logger.error(
+            "asynccache: gave up writing %d queued entries after %d retries: %s%s",
+            len(failed), self.retries, shown, more,
+        )
+
+    def _release_space(self) -> None:
+        with self._lock:
+            waiters, self._space_waiters = self._space_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

@@ -1,0 +1,175 @@
+"""The error policy between the cache and a backend: timeouts, circuit breaker, logging.
+
+:class:`GuardedBackend` wraps a backend so that no backend exception ever reaches the
+caller: a failed read is a miss, a failed write is ``False``; both are counted, and logged
+once per burst rather than once per call (a dead Redis under 1,000 calls/s must not write
+1,000 log lines a second). After ``failure_threshold`` consecutive failures the circuit
+opens: calls skip the backend for ``cooldown`` seconds, then one probe call decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .stats import CacheStats
+
+if TYPE_CHECKING:
+    from .base import Backend, WriteItem
+
+logger = logging.getLogger("asynccache")
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+    _timeout = None
+
+
+class CircuitState(str, enum.Enum):
+    closed = "closed"
+    open = "open"
+    half_open = "half_open"
+
+
+class CircuitBreaker:
+    """Counts consecutive failures; opens after ``failure_threshold``, probes after ``cooldown``."""
+
+    def __init__(self, failure_threshold: int = 5, cooldown: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.state = CircuitState.closed
+        self.consecutive_failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """Whether a call may go to the backend now."""
+        if self.state is CircuitState.closed or self.failure_threshold <= 0:
+            return True
+        with self._lock:
+            if self.state is CircuitState.open and self._clock() - self._opened_at >= self.cooldown:
+                self.state = CircuitState.half_open
+                self._probing = False
+            if self.state is CircuitState.half_open and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def record_success(self) -> None:
+        if self.state is not CircuitState.closed or self.consecutive_failures:
+            with self._lock:
+                if self.state is not CircuitState.closed:
+                    logger.warning("asynccache: backend recovered, circuit closed")
+                self.state, self.consecutive_failures, self._probing = CircuitState.closed, 0, False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.consecutive_failures += 1
+            reopen = self.state is CircuitState.half_open
+            if self.failure_threshold > 0 and (
+                reopen or self.consecutive_failures >= self.failure_threshold
+            ):
+                if self.state is not CircuitState.open:
+                    logger.warning(
+                        "asynccache: %d consecutive backend failures, circuit open for %.1f s",
+                        self.consecutive_failures, self.cooldown,
+                    )
+                self.state, self._opened_at, self._probing = CircuitState.open, self._clock(), False
+
+
+class BurstLogger:
+    """Logs the first error of a burst, then a summary at most every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def error(self, operation: str, backend: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        extra = f" ({self._suppressed} similar errors suppressed)" if self._suppressed else ""
+        self._last, self._suppressed = now, 0
+        logger.warning(
+            "asynccache: %s on %s failed: %s: %s%s",
+            operation, backend, type(exc).__name__, _safe_message(exc), extra,
+        )
+
+
+def _safe_message(exc: BaseException) -> str:
+    from .redact import redact
+
+    return redact(str(exc))[:500]
+
+
+class GuardedBackend:
+    """A backend behind timeouts, a circuit breaker and the fail-open error policy."""
+
+    def __init__(self, backend: Backend, stats: CacheStats, *, timeout: float | None,
+                 breaker: CircuitBreaker) -> None:
+        self.backend = backend
+        self.stats = stats
+        self.timeout = timeout if backend.remote else None
+        self.breaker = breaker
+        self.log = BurstLogger()
+
+    async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
+                    skipped: int = 1) -> tuple[bool, T]:
+        if not self.breaker.allow():
+            self.stats.add("skipped_open_circuit", skipped)
+            return False, fallback
+        try:
+            if self.timeout is None:
+                result = await make()
+            elif _timeout is not None:
+                async with _timeout(self.timeout):
+                    result = await make()
+            else:  # pragma: no cover - Python 3.10
+                result = await asyncio.wait_for(make(), self.timeout)
+        except Exception as exc:
+            self.stats.add("timeouts" if isinstance(exc, TimeoutError) else "errors")
+            self.breaker.record_failure()
+            self.log.error(operation, self.backend.name, exc)
+            return False, fallback
+        self.breaker.record_success()
+        return True, result
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        ok, found = await self._call("get", lambda: self.backend.get_many(keys), [], len(keys))
+        if not ok or len(found) != len(keys):
+            return [None] * len(keys)
+        return found
+
+    async def set_many(self, items: Sequence[WriteItem]) -> list[bool]:
+        ok, result = await self._call("set", lambda: self.backend.set_many(items), None, len(items))
+        if not ok:
+            return [False] * len(items)
+        return [True] * len(items) if result is None else list(result)
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        return (await self._call("delete", lambda: self.backend.delete_many(keys), 0))[1]
+
+    async def clear(self, prefix: str) -> int:
+        return (await self._call("clear", lambda: self.backend.clear(prefix), 0))[1]
+
+    async def call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T) -> T:
+        return (await self._call(operation, make, fallback))[1]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "circuit": self.breaker.state.value,
+            "consecutive_failures": self.breaker.consecutive_failures,
+        }

@@ -1,0 +1,159 @@
+"""Cache keys: a SHA-256 over the canonical request. Pure functions, no I/O.
+
+The key covers every argument that can change the answer (model, messages / input /
+prompt, temperature, tools, response_format, seed, provider-specific parameters...) and
+leaves out credentials, transport and telemetry settings (:data:`EXCLUDED_PARAMS`).
+Keyword order and dict order never change it; ``temperature=1`` and ``temperature=1.0``
+give the same key.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from .exceptions import ConfigurationError
+
+KEY_FORMAT_VERSION = "1"
+
+#: Arguments that never change the answer: credentials, endpoints, retries, timeouts,
+#: streaming transport and telemetry. Streamed and non-streamed requests share an entry.
+EXCLUDED_PARAMS: frozenset[str] = frozenset(
+    {
+        "api_key", "api_base", "base_url", "api_version", "organization", "project",
+        "azure_ad_token", "azure_ad_token_provider", "aws_access_key_id",
+        "aws_secret_access_key", "aws_session_token", "aws_region_name", "vertex_credentials",
+        "vertex_project", "vertex_location", "timeout", "request_timeout", "max_retries",
+        "num_retries", "metadata", "stream", "stream_options", "extra_headers", "headers",
+        "client", "http_client", "user", "cache", "caching", "cache_key", "litellm_call_id",
+        "litellm_logging_obj", "logger_fn", "proxy_server_request", "callbacks",
+    }
+)
+
+
+def _canonical_default(obj: Any) -> Any:
+    """orjson fallback for argument values that are not plain JSON."""
+    if isinstance(obj, type) and hasattr(obj, "model_json_schema"):
+        return {"__schema__": obj.model_json_schema()}  # response_format=MyPydanticModel
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json", exclude_none=True)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return {"__sha256__": hashlib.sha256(bytes(obj)).hexdigest()}
+    if isinstance(obj, io.BytesIO):
+        return {"__sha256__": hashlib.sha256(obj.getvalue()).hexdigest()}
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    name = getattr(obj, "name", None)
+    if hasattr(obj, "read") and isinstance(name, str):
+        # An open audio file for a transcription: identify it by path, size and mtime
+        # rather than consuming the stream the upstream call still has to read.
+        stat = os.stat(name)
+        return {"__file__": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    raise TypeError(
+        f"cannot build a cache key from a {type(obj).__name__} argument; "
+        "pass JSON-like values or a custom key function"
+    )
+
+
+def _normalise_number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def group_model(model: Any, caching_groups: Sequence[Iterable[str]] | None) -> Any:
+    """The name a model is cached under: the first member of its caching group."""
+    if not caching_groups or not isinstance(model, str):
+        return model
+    for group in caching_groups:
+        members = list(group)
+        if model in members:
+            return members[0]
+    return model
+
+
+def canonical_request(
+    call_kwargs: Mapping[str, Any],
+    *,
+    caching_groups: Sequence[Iterable[str]] | None = None,
+    excluded: frozenset[str] = EXCLUDED_PARAMS,
+) -> bytes:
+    """The canonical JSON bytes of a request: sorted, without excluded parameters."""
+    canonical = {
+        name: _normalise_number(value)
+        for name, value in call_kwargs.items()
+        if name not in excluded and value is not None
+    }
+    if "model" in canonical:
+        canonical["model"] = group_model(canonical["model"], caching_groups)
+    try:
+        return orjson.dumps(
+            canonical,
+            default=_canonical_default,
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+        )
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise ConfigurationError(f"cannot build a cache key for this request: {exc}") from exc
+
+
+def request_key(
+    call_kwargs: Mapping[str, Any],
+    *,
+    caching_groups: Sequence[Iterable[str]] | None = None,
+    excluded: frozenset[str] = EXCLUDED_PARAMS,
+) -> str:
+    """SHA-256 hex digest of :func:`canonical_request`.
+
+    >>> request_key({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}) == \\
+    ...     request_key({"messages": [{"content": "hi", "role": "user"}], "model": "gpt-4o"})
+    True
+    """
+    digest = hashlib.sha256(KEY_FORMAT_VERSION.encode())
+    digest.update(canonical_request(call_kwargs, caching_groups=caching_groups, excluded=excluded))
+    return digest.hexdigest()
+
+
+KeyFunction = Callable[..., str]
+
+
+def validate_key(key: object) -> str:
+    """Check a user-supplied key; raise ``ConfigurationError`` naming the problem."""
+    if not isinstance(key, str):
+        raise ConfigurationError(f"cache key must be a str, got {type(key).__name__}: {key!r:.80}")
+    if not key:
+        raise ConfigurationError("cache key must not be empty")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"cache key {key[:80]!r} is not valid UTF-8 text (it holds lone surrogates)"
+        ) from exc
+    return key
+
+
+def encode_namespace(namespace: str) -> str:
+    """Namespace as it appears in stored keys: percent-encoded, so it holds no ``:``.
+
+    Because an encoded namespace never contains the ``:`` separator, the prefix
+    ``"a:"`` can never match entries of namespace ``"a:b"``: clearing one namespace leaves
+    every other one intact, and glob characters cannot widen a Redis ``SCAN`` pattern.
+    """
+    if not isinstance(namespace, str) or not namespace:
+        raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r:.80}")
+    return quote(namespace, safe="", errors="surrogatepass")
+
+
+def namespace_prefix(namespace: str | None) -> str:
+    """The stored-key prefix of a namespace (empty for no namespace)."""
+    return "" if namespace is None else encode_namespace(namespace) + ":"
