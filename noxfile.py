@@ -1,0 +1,45 @@
+"""Developer tasks: ``nox -s tests | lint | typecheck | bench | demo``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite, with its real servers (started and stopped by the tests)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests, benchmarks and this file."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "asynccache", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with the peers; ``nox -s bench -- --quick``."""
+    session.install("-e", ".[dev,bench-peers]")
+    session.run("asynccache", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The simulated LLM workload on the embedded in-memory cache."""
+    session.install("-e", ".")
+    session.run("asynccache", "demo", *session.posargs)
