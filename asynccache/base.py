@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import orjson
 
@@ -95,7 +95,7 @@ class Backend(abc.ABC):
         await self.set_many([(key, orjson.dumps(value), ttl)])
         return value
 
-    async def get_ttl(self, key: str) -> float | None | NotGiven:
+    async def get_ttl(self, key: str) -> float | NotGiven | None:
         """Remaining TTL from the store, or ``NOT_GIVEN`` to read it from the envelope."""
         return NOT_GIVEN
 
@@ -109,6 +109,25 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Non-secret settings for ``repr`` and ``stats()``."""
         return {}
+
+
+@runtime_checkable
+class SimilaritySearch(Protocol):
+    """Extra primitives of semantic backends (Redis vector search, Qdrant).
+
+    ``request`` is the LLM call's keyword arguments (model, messages, ...). The backend
+    decides what is embedded and what becomes an exact-match filter.
+    """
+
+    async def search_similar(
+        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
+    ) -> tuple[bytes, float, str] | None:
+        """Best match as (stored bytes, cosine similarity 0-1, matched prompt), or None."""
+
+    async def index_similar(
+        self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
+    ) -> None:
+        """Store ``item`` under its exact key and index it for similarity search."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +248,9 @@ class BaseCache:
         self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
         self._guard = GuardedBackend(backend, self._stats, timeout=timeout, breaker=self.breaker)
         coalesce = backend.remote if coalesce_reads is None else coalesce_reads
-        self._coalescer = _ReadCoalescer(self._guard.get_many, backend.max_batch) if coalesce else None
+        self._coalescer = (
+            _ReadCoalescer(self._guard.get_many, backend.max_batch) if coalesce else None
+        )
         if write_behind is None:
             write_behind = flush_size is not None
         self._queue: FlushQueue | None = None
@@ -244,7 +265,7 @@ class BaseCache:
 
     # -- naming -------------------------------------------------------------------------
 
-    def _namespace(self, namespace: str | None | NotGiven) -> str | None:
+    def _namespace(self, namespace: str | NotGiven | None) -> str | None:
         return self.namespace if namespace is NOT_GIVEN else namespace
 
     def _stored_key(self, key: str, namespace: str | None) -> str:
@@ -306,7 +327,7 @@ class BaseCache:
                         self.backend.name)
 
     async def async_get_entry(
-        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN,
+        self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
     ) -> CacheHit | None:
         """Like :meth:`async_get_cache` but returns a :class:`CacheHit` with age and key.
@@ -320,7 +341,7 @@ class BaseCache:
         return self._to_hit(stored, data, ns, max_age, self.clock())
 
     async def async_get_cache(
-        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN,
+        self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
     ) -> Any:
         """The cached value for ``key``, or ``None`` on a miss.
@@ -332,7 +353,7 @@ class BaseCache:
         return None if hit is None else hit.value
 
     async def async_batch_get_entries(
-        self, keys: Sequence[str], *, namespace: str | None | NotGiven = NOT_GIVEN,
+        self, keys: Sequence[str], *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
     ) -> list[CacheHit | None]:
         """One :class:`CacheHit` or ``None`` per key, order kept, in one batch read."""
@@ -344,7 +365,7 @@ class BaseCache:
         return [self._to_hit(s, d, ns, max_age, now) for s, d in zip(stored, found, strict=True)]
 
     async def async_batch_get_cache(
-        self, keys: Sequence[str], *, namespace: str | None | NotGiven = NOT_GIVEN,
+        self, keys: Sequence[str], *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
     ) -> list[Any]:
         """One value (or ``None``) per key, order kept, in one batch read (one ``MGET``)."""
@@ -353,7 +374,7 @@ class BaseCache:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _encode(self, key: str, value: Any, ttl: float | None | NotGiven,
+    def _encode(self, key: str, value: Any, ttl: float | NotGiven | None,
                 namespace: str | None, now: float) -> WriteItem:
         stored = self._stored_key(key, namespace)
         seconds = resolve_ttl(ttl, self.default_ttl)
@@ -381,8 +402,8 @@ class BaseCache:
         return results
 
     async def async_set_cache(
-        self, key: str, value: Any, *, ttl: float | None | NotGiven = NOT_GIVEN,
-        namespace: str | None | NotGiven = NOT_GIVEN,
+        self, key: str, value: Any, *, ttl: float | NotGiven | None = NOT_GIVEN,
+        namespace: str | NotGiven | None = NOT_GIVEN,
     ) -> bool:
         """Store ``value`` under ``key``; return whether the backend accepted it.
 
@@ -399,8 +420,8 @@ class BaseCache:
     async def async_set_cache_pipeline(
         self,
         items: Mapping[str, Any] | Iterable[tuple[str, Any]] | Iterable[tuple[str, Any, Any]],
-        *, ttl: float | None | NotGiven = NOT_GIVEN,
-        namespace: str | None | NotGiven = NOT_GIVEN,
+        *, ttl: float | NotGiven | None = NOT_GIVEN,
+        namespace: str | NotGiven | None = NOT_GIVEN,
     ) -> list[bool]:
         """Store many entries in one batch (one pipeline on Redis); one flag per entry.
 
@@ -414,7 +435,7 @@ class BaseCache:
         encoded: list[WriteItem] = []
         for entry in pairs:
             if len(entry) == 3:
-                key, value, item_ttl = entry  # type: ignore[misc]
+                key, value, item_ttl = entry
             elif len(entry) == 2:
                 (key, value), item_ttl = entry, ttl
             else:
@@ -425,8 +446,8 @@ class BaseCache:
         return await self._write(encoded, ns)
 
     async def async_increment(
-        self, key: str, amount: float = 1, *, ttl: float | None | NotGiven = NOT_GIVEN,
-        namespace: str | None | NotGiven = NOT_GIVEN,
+        self, key: str, amount: float = 1, *, ttl: float | NotGiven | None = NOT_GIVEN,
+        namespace: str | NotGiven | None = NOT_GIVEN,
     ) -> float | None:
         """Add ``amount`` to a counter (created at 0 with ``ttl``); the new value or ``None``.
 
@@ -448,7 +469,7 @@ class BaseCache:
     # -- deletes, TTL, clear ------------------------------------------------------------
 
     async def async_delete_many(
-        self, keys: Sequence[str], *, namespace: str | None | NotGiven = NOT_GIVEN
+        self, keys: Sequence[str], *, namespace: str | NotGiven | None = NOT_GIVEN
     ) -> int:
         """Delete the keys; return how many existed (queued writes of them are dropped)."""
         self._check_open()
@@ -463,12 +484,12 @@ class BaseCache:
         return deleted
 
     async def async_delete_cache(
-        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN
+        self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN
     ) -> bool:
         """Delete one key; return whether it existed."""
         return await self.async_delete_many([key], namespace=namespace) > 0
 
-    async def async_clear(self, namespace: str | None | NotGiven = NOT_GIVEN) -> int:
+    async def async_clear(self, namespace: str | NotGiven | None = NOT_GIVEN) -> int:
         """Delete every entry of ``namespace`` (default: this cache's namespace).
 
         With no namespace at all, deletes everything the backend holds for this cache.
@@ -484,7 +505,7 @@ class BaseCache:
         return await self._guard.clear(prefix)
 
     async def async_get_ttl(
-        self, key: str, *, namespace: str | None | NotGiven = NOT_GIVEN
+        self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN
     ) -> float | None:
         """Seconds until ``key`` expires; ``None`` if it is missing or never expires."""
         self._check_open()
@@ -492,7 +513,7 @@ class BaseCache:
         stored = self._stored_key(key, ns)
         native = await self._guard.call("get_ttl", lambda: self.backend.get_ttl(stored), None)
         if native is not NOT_GIVEN:
-            return native  # type: ignore[return-value]
+            return native
         data = (await self._read_many([stored]))[0]
         if data is None:
             return None
@@ -618,7 +639,7 @@ class BaseCache:
 
 #: The async methods that have a generated sync twin, by twin name.
 SYNC_TWINS: dict[str, str] = {
-    name: value._async_name  # type: ignore[attr-defined]
+    name: value._async_name
     for name, value in vars(BaseCache).items()
     if isinstance(value, sync_twin)
 }

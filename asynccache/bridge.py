@@ -181,7 +181,7 @@ def register_exit_hook(obj: Any) -> None:
     _bridge.exit_hooks.add(obj)
 
 
-class sync_twin(Generic[P, R]):  # noqa: N801 - used like a decorator/descriptor
+class sync_twin(Generic[P, R]):
     """Descriptor that makes the blocking twin of an async method.
 
     ``get_cache = sync_twin(async_get_cache)`` in a class body gives ``get_cache`` the

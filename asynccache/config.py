@@ -46,7 +46,7 @@ def validate_ttl(ttl: object, name: str = "ttl") -> float | None:
     return float(ttl)
 
 
-def resolve_ttl(ttl: float | None | NotGiven, default: float | None) -> float | None:
+def resolve_ttl(ttl: float | NotGiven | None, default: float | None) -> float | None:
     """The TTL to use for one write: the caller's, else the cache default."""
     if ttl is NOT_GIVEN:
         return default
@@ -76,6 +76,7 @@ def env_settings(prefix: str, names: Mapping[str, type], environ: Mapping[str, s
                 found[name] = kind(raw)
         except ValueError as exc:
             raise ConfigurationError(
-                f"environment variable {prefix}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+                f"environment variable {prefix}{name.upper()}={raw!r} "
+                f"is not a valid {kind.__name__}"
             ) from exc
     return found

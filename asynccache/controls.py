@@ -8,6 +8,7 @@ The controls are the ones LiteLLM users pass as ``cache={...}``::
     {"s-maxage": 60}       accept only entries younger than 60 s
     {"namespace": "eu"}    read and write in namespace "eu"
     {"use-cache": True}    opt in when the cache runs in ``default_off`` mode
+    {"similarity-threshold": 0.9}   semantic caches: per-call threshold (0-1)
 
 ``_`` may be used instead of ``-`` (``no_cache``). Anything else raises
 :class:`~asynccache.exceptions.ConfigurationError` naming the offending control.
@@ -33,7 +34,7 @@ class CacheMode(str, enum.Enum):
 
 
 _BOOL_CONTROLS = {"no-cache": "no_cache", "no-store": "no_store", "use-cache": "use_cache"}
-_KNOWN = sorted([*_BOOL_CONTROLS, "ttl", "s-maxage", "namespace"])
+_KNOWN = sorted([*_BOOL_CONTROLS, "ttl", "s-maxage", "namespace", "similarity-threshold"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,10 @@ class CacheControls:
     no_cache: bool = False
     no_store: bool = False
     use_cache: bool = False
-    ttl: float | None | NotGiven = NOT_GIVEN
+    ttl: float | NotGiven | None = NOT_GIVEN
     s_maxage: float | None = None
-    namespace: str | None | NotGiven = NOT_GIVEN
+    namespace: str | NotGiven | None = NOT_GIVEN
+    similarity_threshold: float | None = None
 
     def reads(self, mode: CacheMode) -> bool:
         """Whether this call may be answered from the cache."""
@@ -60,6 +62,15 @@ class CacheControls:
 
 
 DEFAULT_CONTROLS = CacheControls()
+
+
+def validate_threshold(value: object, name: str = "similarity_threshold") -> float:
+    """A cosine-similarity threshold in [0, 1]; raise naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigurationError(
+            f"{name} must be a cosine similarity between 0 and 1, got {value!r}"
+        )
+    return float(value)
 
 
 def parse_controls(controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
@@ -91,6 +102,10 @@ def parse_controls(controls: Mapping[str, Any] | CacheControls | None) -> CacheC
                     f"cache control 's-maxage' must be a number of seconds >= 0, got {value!r}"
                 )
             fields["s_maxage"] = float(value)
+        elif name == "similarity-threshold":
+            fields["similarity_threshold"] = validate_threshold(
+                value, "cache control 'similarity-threshold'"
+            )
         elif name == "namespace":
             if value is not None and not isinstance(value, str):
                 raise ConfigurationError(

@@ -21,7 +21,6 @@ class DualBackend(Backend):
     def __init__(self, l1: BaseCache, l2: BaseCache) -> None:
         self.l1 = l1
         self.l2 = l2
-        self.max_batch = l2.backend.max_batch
 
     def _l1_ttl(self, data: bytes, now: float) -> float | None:
         expires_at = envelope.peek_expires_at(data)
@@ -77,7 +76,7 @@ class DualBackend(Backend):
         await self.l1._guard.delete_many([key])
         return value
 
-    async def get_ttl(self, key: str) -> float | None | NotGiven:
+    async def get_ttl(self, key: str) -> float | NotGiven | None:
         return NOT_GIVEN
 
     async def ping(self) -> None:
@@ -108,7 +107,9 @@ class DualCache(BaseCache):
 
             l1 = MemoryCache()
         if l2 is None:
-            raise TypeError("DualCache needs an L2 cache, e.g. DualCache(MemoryCache(), RedisCache())")
+            raise TypeError(
+                "DualCache needs an L2 cache, e.g. DualCache(MemoryCache(), RedisCache())"
+            )
         self.l1, self.l2 = l1, l2
         super().__init__(DualBackend(l1, l2), **settings)
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .base import BaseCache
-from .controls import CacheControls, CacheMode, parse_controls
+from .base import BaseCache, CacheHit, SimilaritySearch, WriteItem
+from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import ConfigurationError
-from .keys import EXCLUDED_PARAMS, request_key
+from .keys import EXCLUDED_PARAMS, namespace_prefix, request_key
 from .registry import canonical_type, create_backend
 
 #: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
@@ -60,7 +61,7 @@ class Cache(BaseCache):
 
     def __init__(
         self,
-        type: str = "local",  # noqa: A002 - LiteLLM's parameter name
+        type: str = "local",
         *,
         mode: CacheMode | str = CacheMode.default_on,
         supported_call_types: Iterable[str] | None = None,
@@ -105,6 +106,69 @@ class Cache(BaseCache):
         return request_key(call_kwargs, caching_groups=self.caching_groups,
                            excluded=self.excluded_params)
 
+    async def async_lookup(
+        self, call_kwargs: Mapping[str, Any], *, controls: CacheControls | None = None,
+        key: str | None = None,
+    ) -> CacheHit | None:
+        """Look an LLM request up: exact key first, then similarity on semantic backends.
+
+        Honours the ``no-cache``, ``s-maxage``, ``namespace`` and ``use-cache`` controls
+        and the cache ``mode``. Never raises for backend failures (a failure is a miss).
+        """
+        controls = controls or DEFAULT_CONTROLS
+        if not controls.reads(self.mode):
+            return None
+        key = key or self.get_cache_key(**call_kwargs)
+        namespace = controls.namespace
+        hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if hit is not None or not isinstance(self.backend, SimilaritySearch):
+            return hit
+        ns = self._namespace(namespace)
+        backend = self.backend
+        found = await self._guard.call(
+            "search_similar",
+            lambda: backend.search_similar(
+                call_kwargs, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        data, similarity, matched_prompt = found
+        semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
+                                    self.clock())
+        if semantic_hit is None:
+            return None
+        return dataclasses.replace(semantic_hit, similarity=similarity,
+                                   matched_prompt=matched_prompt)
+
+    async def async_store(
+        self, call_kwargs: Mapping[str, Any], value: Any, *,
+        controls: CacheControls | None = None, key: str | None = None,
+    ) -> bool:
+        """Store the answer to an LLM request (and index it on semantic backends).
+
+        Honours ``no-store``, ``ttl``, ``namespace`` and the cache ``mode``; returns
+        whether it was stored. Unserializable values raise; backend failures return False.
+        """
+        controls = controls or DEFAULT_CONTROLS
+        if not controls.writes(self.mode):
+            return False
+        self._check_open()
+        key = key or self.get_cache_key(**call_kwargs)
+        ns = self._namespace(controls.namespace)
+        item = self._encode(key, value, controls.ttl, ns, self.clock())
+        if not isinstance(self.backend, SimilaritySearch):
+            return (await self._write([item], ns))[0]
+        backend = self.backend
+        ok = await self._guard.call(
+            "index_similar",
+            lambda: _index(backend, call_kwargs, item, namespace_prefix(ns)),
+            False,
+        )
+        self._stats.add("sets" if ok else "set_failures", namespace=ns)
+        return ok
+
     def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
         """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
         return parse_controls(controls)
@@ -124,6 +188,12 @@ class Cache(BaseCache):
         }
 
 
+async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,
+                 prefix: str) -> bool:
+    await backend.index_similar(call_kwargs, item, prefix=prefix)
+    return True
+
+
 def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     common: dict[str, Any] = {}
     backend: dict[str, Any] = {}
@@ -139,14 +209,14 @@ def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 _default_cache: Cache | None = None
 
 
-def enable_cache(type: str = "local", **settings: Any) -> Cache:  # noqa: A002
+def enable_cache(type: str = "local", **settings: Any) -> Cache:
     """Create the process-wide default cache (used by ``cached`` when no cache is given)."""
     global _default_cache
     _default_cache = Cache(type, **settings)
     return _default_cache
 
 
-def update_cache(type: str = "local", **settings: Any) -> Cache:  # noqa: A002
+def update_cache(type: str = "local", **settings: Any) -> Cache:
     """Replace the default cache with one built from new settings."""
     return enable_cache(type, **settings)
 

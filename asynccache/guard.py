@@ -147,7 +147,8 @@ class GuardedBackend:
         return True, result
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        ok, found = await self._call("get", lambda: self.backend.get_many(keys), [], len(keys))
+        empty: list[bytes | None] = []
+        ok, found = await self._call("get", lambda: self.backend.get_many(keys), empty, len(keys))
         if not ok or len(found) != len(keys):
             return [None] * len(keys)
         return found

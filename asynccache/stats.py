@@ -38,7 +38,7 @@ class CacheStats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            totals = {name: self._totals[name] for name in COUNTERS}
+            totals: dict[str, Any] = {name: self._totals[name] for name in COUNTERS}
             lookups = totals["hits"] + totals["misses"]
             totals["hit_rate"] = round(totals["hits"] / lookups, 4) if lookups else 0.0
             namespaces = {

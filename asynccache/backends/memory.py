@@ -116,7 +116,7 @@ class MemoryBackend(Backend):
         self._store(key, orjson.dumps(value), ttl, now)
         return value
 
-    async def get_ttl(self, key: str) -> float | None | NotGiven:
+    async def get_ttl(self, key: str) -> float | NotGiven | None:
         now = self.clock()
         if self._lookup(key, now) is None:
             return None

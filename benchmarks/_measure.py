@@ -1,0 +1,103 @@
+"""Timing primitives shared by every benchmark: warm-up, repeats, medians, loop lag.
+
+A contender is an async callable that performs ``ops`` operations per call. ``measure``
+runs it ``warmup`` times untimed, then ``repeats`` times timed, and reports ops/s from
+the median run with the min-max spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Result:
+    """One contender's figures in one scenario."""
+
+    scenario: str
+    library: str
+    ops: int
+    median_s: float
+    min_s: float
+    max_s: float
+    loop_lag_p99_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.median_s if self.median_s > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ops_per_s": self.ops_per_s}
+
+
+class LoopLagProbe:
+    """A ticker task that records how late each wake-up was (event-loop lag)."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            expected = time.perf_counter() + self.interval
+            await asyncio.sleep(self.interval)
+            self.lags.append(max(0.0, time.perf_counter() - expected))
+
+    async def __aenter__(self) -> LoopLagProbe:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    def p99_ms(self) -> float | None:
+        if not self.lags:
+            return None
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+async def measure(
+    scenario: str,
+    library: str,
+    run: Callable[[], Awaitable[Any]],
+    ops: int,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    probe_loop: bool = False,
+) -> Result:
+    """Time ``run`` (which does ``ops`` operations) and return its :class:`Result`."""
+    for _ in range(warmup):
+        await run()
+    durations: list[float] = []
+    probe = LoopLagProbe() if probe_loop else None
+    if probe is not None:
+        await probe.__aenter__()
+    try:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            await run()
+            durations.append(time.perf_counter() - started)
+    finally:
+        if probe is not None:
+            await probe.__aexit__(None, None, None)
+    return Result(scenario, library, ops, statistics.median(durations), min(durations),
+                  max(durations), probe.p99_ms() if probe is not None else None)
+
+
+def ratio(result: Result, baseline: Result) -> float:
+    """How many times faster ``result`` is than ``baseline`` (ops/s over ops/s)."""
+    return result.ops_per_s / baseline.ops_per_s
