@@ -1,0 +1,452 @@
+"""Disk backend: one file per entry under sharded folders, written atomically.
+
+Layout under ``disk_cache_dir``::
+
+    <disk_cache_dir>/<namespace folder>/<shard>/<sha256 of the stored key>.ace
+
+* The file name is the SHA-256 of the stored key and the folders are fixed names or
+  hashes, so no key (``../../etc``, NUL bytes, newlines, 64 KB keys, any script) can
+  name a path outside the cache folder.
+* Stored keys look like ``"<encoded namespace>:<key>"`` (see
+  :func:`asynccache.keys.namespace_prefix`); everything before the first ``:`` picks the
+  namespace folder (``ns-<hash>``), keys without a ``:`` live in ``_default``. Clearing a
+  namespace therefore walks only that namespace's folder.
+* Every file starts with a small header: magic, expires-at, the stored key, the data
+  length and a CRC-32. The key lets :meth:`DiskBackend.clear` match any prefix and detects
+  hash collisions; the length and CRC turn a truncated or garbage file into a miss.
+* Writes go to a temporary file in the entry's own folder, then ``os.replace`` moves it
+  into place: readers see the old entry or the new one, never half of one.
+* Expired entries are a miss on read and their file is deleted then.
+* ``max_bytes`` bounds the total size of the entry files: the sizes are kept in memory
+  (after a lazy scan of the folder on the first write) and the least recently used
+  entries are deleted when a write goes over the bound.
+
+No call blocks the event loop: writes go through :mod:`aiofiles`; reads and folder walks
+run in a worker thread (:func:`asyncio.to_thread`), one hop per read. The constructor touches nothing on disk;
+folders are created on the first write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import secrets
+import struct
+import threading
+import time
+import weakref
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import aiofiles
+import aiofiles.os
+import orjson
+
+from .. import envelope
+from ..base import Backend, BaseCache, WriteItem
+from ..config import NotGiven
+from ..exceptions import ConfigurationError
+
+DEFAULT_DISK_CACHE_DIR = "./.asynccache"
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # 1 GiB
+
+SUFFIX = ".ace"
+_MAGIC = b"ACD1"
+# magic, expires-at (NaN: never), key length, data length, CRC-32 of key + data
+_HEADER = struct.Struct(">4sdIII")
+_DEFAULT_FOLDER = "_default"
+_NAMESPACE_FOLDER = "ns-"
+_TMP_SUFFIX = ".tmp"
+# A temporary file this old belongs to a writer that died (crash, kill -9); the scan
+# deletes it. Live writers hold theirs for milliseconds.
+_STALE_TMP_SECONDS = 3600.0
+
+
+def _hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _namespace_folder(stored_key: str) -> str:
+    head, colon, _ = stored_key.partition(":")
+    if not colon:
+        return _DEFAULT_FOLDER
+    # Hashed: an encoded namespace may be "..", very long or hold "%" escapes.
+    return _NAMESPACE_FOLDER + _hex(head)[:32]
+
+
+def _is_entry_name(name: str) -> bool:
+    stem = name[: -len(SUFFIX)]
+    return (name.endswith(SUFFIX) and len(stem) == 64
+            and all(c in "0123456789abcdef" for c in stem))
+
+
+def pack(stored_key: str, data: bytes, expires_at: float | None) -> bytes:
+    """The file contents for one entry: header, stored key, then the encoded bytes."""
+    key = stored_key.encode("utf-8", "surrogatepass")
+    crc = zlib.crc32(data, zlib.crc32(key))
+    header = _HEADER.pack(_MAGIC, math.nan if expires_at is None else expires_at,
+                          len(key), len(data), crc)
+    return b"".join((header, key, data))
+
+
+def unpack(blob: bytes) -> tuple[str, float | None, bytes] | None:
+    """``(stored key, expires-at, data)`` from file contents, or ``None`` if unreadable."""
+    if len(blob) < _HEADER.size:
+        return None
+    magic, expires_at, key_len, data_len, crc = _HEADER.unpack_from(blob)
+    start = _HEADER.size
+    if magic != _MAGIC or len(blob) != start + key_len + data_len:
+        return None
+    key = blob[start : start + key_len]
+    data = blob[start + key_len :]
+    if zlib.crc32(data, zlib.crc32(key)) != crc:
+        return None
+    try:
+        text = key.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    return text, None if math.isnan(expires_at) else expires_at, data
+
+
+def _read_blocking(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _read_key_blocking(path: str) -> str | None:
+    """The stored key in a file's header (worker thread only)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                return None
+            magic, _, key_len, _, _ = _HEADER.unpack(head)
+            if magic != _MAGIC:
+                return None
+            return file.read(key_len).decode("utf-8", "surrogatepass")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class DiskBackend(Backend):
+    """Entries as files under ``disk_cache_dir``, bounded by ``max_bytes`` (LRU eviction).
+
+    ``increment`` is a read-modify-write guarded by a per-key lock of this process's event
+    loop: concurrent increments through one cache on one loop never lose updates, but
+    increments from other processes (or other loops) on the same folder are not atomic.
+    """
+
+    name: ClassVar[str] = "disk"
+    remote: ClassVar[bool] = False
+    max_batch: ClassVar[int] = 256
+
+    def __init__(self, disk_cache_dir: str | os.PathLike[str] = DEFAULT_DISK_CACHE_DIR,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if not isinstance(disk_cache_dir, str | os.PathLike) or not os.fspath(disk_cache_dir):
+            raise ConfigurationError(
+                f"disk_cache_dir must be a non-empty path, got {disk_cache_dir!r:.200}"
+            )
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ConfigurationError(f"max_bytes must be a positive int, got {max_bytes!r}")
+        # Resolved now (string work only, nothing created) so a later chdir() cannot move
+        # the cache.
+        self.directory = os.path.abspath(os.path.expanduser(os.fspath(disk_cache_dir)))
+        self.max_bytes = max_bytes
+        self.evictions = 0
+        # Entry path -> file size, least recently used first. Filled by a lazy scan on
+        # the first write; guarded by a thread lock because one cache may be used from
+        # the caller's loop and from the sync bridge's loop at the same time.
+        self._index: OrderedDict[str, int] = OrderedDict()
+        self._bytes = 0
+        self._indexed = False
+        self._index_lock = threading.Lock()
+        self._scan_lock = threading.Lock()
+        self._known_dirs: set[str] = set()
+        self._key_locks: weakref.WeakValueDictionary[
+            tuple[asyncio.AbstractEventLoop, str], asyncio.Lock
+        ] = weakref.WeakValueDictionary()
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def path_for(self, stored_key: str) -> str:
+        """The file that holds ``stored_key`` (always inside :attr:`directory`)."""
+        digest = _hex(stored_key)
+        return os.path.join(self.directory, _namespace_folder(stored_key), digest[:2],
+                            digest + SUFFIX)
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the entry files this process knows about."""
+        return self._bytes
+
+    # -- the in-memory index -------------------------------------------------------------
+
+    def _touch(self, path: str) -> None:
+        if self._indexed:
+            with self._index_lock:
+                if path in self._index:
+                    self._index.move_to_end(path)
+
+    def _forget(self, paths: Sequence[str]) -> None:
+        with self._index_lock:
+            for path in paths:
+                size = self._index.pop(path, None)
+                if size is not None:
+                    self._bytes -= size
+
+    def _record(self, path: str, size: int) -> list[str]:
+        """Note a written file; return the paths to evict (already out of the index)."""
+        with self._index_lock:
+            old = self._index.pop(path, None)
+            if old is not None:
+                self._bytes -= old
+            self._index[path] = size
+            self._bytes += size
+            victims: list[str] = []
+            while self._bytes > self.max_bytes and len(self._index) > 1:
+                victim, victim_size = self._index.popitem(last=False)
+                self._bytes -= victim_size
+                victims.append(victim)
+            return victims
+
+    async def _ensure_index(self) -> None:
+        if not self._indexed:
+            await asyncio.to_thread(self._scan_blocking)
+
+    def _scan_blocking(self) -> None:
+        """List every entry file, oldest write first (worker thread only)."""
+        with self._scan_lock:
+            if self._indexed:
+                return
+            found: list[tuple[float, str, int]] = []
+            now = time.time()
+            for folder, _, names in os.walk(self.directory):
+                for name in names:
+                    path = os.path.join(folder, name)
+                    try:
+                        stat = os.stat(path)
+                    except OSError:
+                        continue
+                    if _is_entry_name(name):
+                        found.append((stat.st_mtime, path, stat.st_size))
+                    elif name.endswith(_TMP_SUFFIX) and now - stat.st_mtime > _STALE_TMP_SECONDS:
+                        with contextlib.suppress(OSError):
+                            os.remove(path)
+            found.sort()
+            with self._index_lock:
+                # Entries written while the scan ran are already in the index and are the
+                # most recent: keep them at the end.
+                recent = self._index
+                self._index = OrderedDict((path, size) for _, path, size in found
+                                          if path not in recent)
+                self._index.update(recent)
+                self._bytes = sum(self._index.values())
+                self._indexed = True
+
+    # -- file primitives -----------------------------------------------------------------
+
+    async def _read_file(self, path: str) -> bytes | None:
+        # One worker-thread hop for open+read+close: aiofiles makes three, which measured
+        # about 3x slower per cache hit (376 us vs 124 us).
+        return await asyncio.to_thread(_read_blocking, path)
+
+    async def _remove(self, path: str) -> bool:
+        self._forget([path])
+        try:
+            await aiofiles.os.remove(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    async def _load(self, key: str, now: float) -> tuple[str, float | None, bytes] | None:
+        """The live entry for ``key`` as (path, expires-at, data), purging what is dead."""
+        path = self.path_for(key)
+        blob = await self._read_file(path)
+        if blob is None:
+            return None
+        entry = unpack(blob)
+        if entry is None:
+            # Torn or foreign file. (A writer may replace it between our read and this
+            # delete; losing that entry costs one miss, never a wrong answer.)
+            await self._remove(path)
+            return None
+        stored_key, expires_at, data = entry
+        if stored_key != key:  # a SHA-256 collision, or a file copied in by hand
+            return None
+        if expires_at is not None and now >= expires_at:
+            await self._remove(path)
+            return None
+        self._touch(path)
+        return path, expires_at, data
+
+    async def _ensure_dir(self, folder: str) -> None:
+        if folder not in self._known_dirs:
+            await aiofiles.os.makedirs(folder, exist_ok=True)
+            self._known_dirs.add(folder)
+
+    async def _write_file(self, path: str, blob: bytes) -> None:
+        folder = os.path.dirname(path)
+        for attempt in (1, 2):
+            await self._ensure_dir(folder)
+            tmp = f"{path}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+            try:
+                async with aiofiles.open(tmp, "wb") as file:
+                    await file.write(blob)
+                await aiofiles.os.replace(tmp, path)
+                return
+            except FileNotFoundError:
+                # The folder was removed under us (someone deleted the cache folder):
+                # create it again once.
+                self._known_dirs.discard(folder)
+                await self._discard(tmp)
+                if attempt == 2:
+                    raise
+            except BaseException:
+                await asyncio.shield(self._discard(tmp))
+                raise
+
+    @staticmethod
+    async def _discard(path: str) -> None:
+        with contextlib.suppress(OSError):
+            await aiofiles.os.remove(path)
+
+    async def _store(self, key: str, data: bytes, expires_at: float | None) -> bool:
+        blob = pack(key, data, expires_at)
+        if len(blob) > self.max_bytes:
+            return False
+        path = self.path_for(key)
+        await self._write_file(path, blob)
+        for victim in self._record(path, len(blob)):
+            self.evictions += 1
+            await self._discard(victim)
+        return True
+
+    # -- the backend contract ------------------------------------------------------------
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = self.clock()
+        found = await asyncio.gather(*(self._load(key, now) for key in keys))
+        return [None if entry is None else entry[2] for entry in found]
+
+    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        await self._ensure_index()
+        now = self.clock()
+        outcomes = await asyncio.gather(
+            *(self._store(key, data, None if ttl is None else now + ttl)
+              for key, data, ttl in items),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors and len(errors) == len(outcomes):
+            raise errors[0]  # nothing written: let the guard count and log the failure
+        results = [o is True for o in outcomes]
+        return None if all(results) else results
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        removed = await asyncio.gather(*(self._remove(self.path_for(key)) for key in keys))
+        return sum(removed)
+
+    async def clear(self, prefix: str) -> int:
+        _, colon, rest = prefix.partition(":")
+        if not prefix:
+            folder, check = self.directory, None
+        elif colon:
+            # Only keys with the prefix's namespace part can match: walk that folder alone.
+            folder = os.path.join(self.directory, _namespace_folder(prefix))
+            check = prefix if rest else None
+        else:
+            folder, check = self.directory, prefix
+        removed = await asyncio.to_thread(self._clear_blocking, folder, check)
+        self._forget(removed)
+        return len(removed)
+
+    @staticmethod
+    def _clear_blocking(folder: str, prefix: str | None) -> list[str]:
+        """Delete entry files under ``folder`` whose key starts with ``prefix`` (thread)."""
+        removed: list[str] = []
+        for root, _, names in os.walk(folder):
+            for name in names:
+                if not _is_entry_name(name):
+                    continue  # temp files of live writers, or files that are not ours
+                path = os.path.join(root, name)
+                if prefix is not None:
+                    key = _read_key_blocking(path)
+                    if key is None or not key.startswith(prefix):
+                        continue
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+        return removed
+
+    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+        loop = asyncio.get_running_loop()
+        lock = self._key_locks.get((loop, key))
+        if lock is None:
+            lock = self._key_locks[(loop, key)] = asyncio.Lock()
+        async with lock:
+            await self._ensure_index()
+            now = self.clock()
+            entry = await self._load(key, now)
+            value: float = 0
+            expires_at = None if ttl is None else now + ttl
+            if entry is not None:
+                expires_at = entry[1]  # an existing counter keeps its expiry
+                try:
+                    decoded = envelope.decode(entry[2]).value
+                except envelope.CorruptEntry:
+                    decoded = 0
+                if isinstance(decoded, int | float) and not isinstance(decoded, bool):
+                    value = decoded
+            value += amount
+            await self._store(key, orjson.dumps(value), expires_at)
+            return value
+
+    async def get_ttl(self, key: str) -> float | NotGiven | None:
+        now = self.clock()
+        entry = await self._load(key, now)
+        if entry is None or entry[1] is None:
+            return None
+        return max(0.0, entry[1] - now)
+
+    async def ping(self) -> None:
+        """Create the folder if needed and prove a file can be written and removed."""
+        await aiofiles.os.makedirs(self.directory, exist_ok=True)
+        probe = os.path.join(self.directory, f".ping.{secrets.token_hex(8)}{_TMP_SUFFIX}")
+        try:
+            async with aiofiles.open(probe, "wb") as file:
+                await file.write(b"ok")
+        finally:
+            await self._discard(probe)
+
+    def describe(self) -> dict[str, Any]:
+        return {"disk_cache_dir": self.directory, "max_bytes": self.max_bytes}
+
+
+class DiskCache(BaseCache):
+    """Persistent cache in local files: survives restarts, shared by processes on one host.
+
+    ``disk_cache_dir`` is the folder (created on first write); ``max_bytes`` bounds the
+    total size of its entry files (least recently used entries are deleted first). Every
+    :class:`~asynccache.base.BaseCache` setting (``namespace``, ``ttl``...) applies.
+
+    >>> cache = DiskCache(disk_cache_dir="./.asynccache", max_bytes=512 * 1024**2, ttl=3600)
+    >>> cache.set_cache("greeting", {"text": "hello"})  # doctest: +SKIP
+    True
+    >>> cache.get_cache("greeting")                      # doctest: +SKIP
+    {'text': 'hello'}
+    """
+
+    def __init__(self, *, disk_cache_dir: str | os.PathLike[str] = DEFAULT_DISK_CACHE_DIR,
+                 max_bytes: int = DEFAULT_MAX_BYTES, **settings: Any) -> None:
+        super().__init__(DiskBackend(disk_cache_dir=disk_cache_dir, max_bytes=max_bytes),
+                         **settings)
