@@ -22,8 +22,8 @@ Layout under ``disk_cache_dir``::
   entries are deleted when a write goes over the bound.
 
 No call blocks the event loop: writes go through :mod:`aiofiles`; reads and folder walks
-run in a worker thread (:func:`asyncio.to_thread`), one hop per read. The constructor touches nothing on disk;
-folders are created on the first write.
+run in a worker thread (:func:`asyncio.to_thread`), one hop per read. The constructor
+touches nothing on disk; folders are created on the first write.
 """
 
 from __future__ import annotations
