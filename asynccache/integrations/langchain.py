@@ -1,0 +1,105 @@
+"""LangChain's LLM cache on any asynccache backend.
+
+>>> from langchain_core.globals import set_llm_cache
+>>> from asynccache import Cache
+>>> from asynccache.integrations.langchain import AsyncCacheLangChain
+>>> set_llm_cache(AsyncCacheLangChain(Cache()))
+
+The async methods (``alookup`` / ``aupdate`` / ``aclear``) are native; the sync ones are
+generated from them by asynccache's bridge. Generations are stored with
+``langchain_core.load.dumps`` and read back with ``loads`` restricted to LangChain's core
+classes, so cache contents can never instantiate anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core._api.beta_decorator import LangChainBetaWarning
+from langchain_core.caches import RETURN_VAL_TYPE
+from langchain_core.caches import BaseCache as LangChainBaseCache
+from langchain_core.load import dumps, loads
+from langchain_core.outputs import Generation
+
+from ..bridge import sync_twin
+from ..config import NOT_GIVEN, NotGiven
+from ..exceptions import ConfigurationError
+from ..facade import Cache
+from ..keys import request_key
+
+logger = logging.getLogger("asynccache.integrations")
+
+_FORMAT = "langchain-generations-1"
+
+
+class AsyncCacheLangChain(LangChainBaseCache):
+    """A LangChain ``BaseCache`` backed by an asynccache :class:`~asynccache.Cache`.
+
+    * ``namespace``: where the entries live (default: ``"langchain"``, or
+      ``"<cache namespace>.langchain"``), so :meth:`aclear` removes LangChain's entries
+      and nothing else;
+    * ``ttl``: seconds entries live (default: the cache's TTL; ``None``: never expire).
+    """
+
+    def __init__(self, cache: Cache, *, namespace: str | None = None,
+                 ttl: float | NotGiven | None = NOT_GIVEN) -> None:
+        if not isinstance(cache, Cache):
+            raise ConfigurationError(
+                f"AsyncCacheLangChain needs an asynccache.Cache, got {type(cache).__name__}")
+        self.cache = cache
+        if namespace is None:
+            namespace = f"{cache.namespace}.langchain" if cache.namespace else "langchain"
+        self.namespace = namespace
+        self.ttl = ttl
+
+    @staticmethod
+    def key(prompt: str, llm_string: str) -> str:
+        """The entry key of a (prompt, LLM configuration) pair."""
+        return request_key({"langchain_prompt": prompt, "llm_string": llm_string})
+
+    async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """The cached generations for ``prompt`` and ``llm_string``, or ``None``."""
+        stored = await self.cache.async_get_cache(self.key(prompt, llm_string),
+                                                  namespace=self.namespace)
+        if not isinstance(stored, dict) or stored.get("format") != _FORMAT:
+            return None
+        try:
+            with warnings.catch_warnings():
+                # ``loads`` is marked beta; the restricted form used here is stable enough.
+                warnings.simplefilter("ignore", LangChainBetaWarning)
+                generations = [loads(text, allowed_objects="core")
+                               for text in stored["generations"]]
+        except Exception:
+            logger.warning("asynccache: unreadable LangChain cache entry treated as a miss",
+                           exc_info=True)
+            return None
+        if not all(isinstance(g, Generation) for g in generations):
+            return None
+        return generations
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Store the generations for ``prompt`` and ``llm_string``."""
+        value = {"format": _FORMAT, "generations": [dumps(g) for g in _generations(return_val)]}
+        await self.cache.async_set_cache(self.key(prompt, llm_string), value, ttl=self.ttl,
+                                         namespace=self.namespace)
+
+    async def aclear(self, **kwargs: Any) -> None:
+        """Delete every LangChain entry of this adapter's namespace."""
+        await self.cache.async_clear(namespace=self.namespace)
+
+    lookup = sync_twin(alookup)
+    update = sync_twin(aupdate)
+    clear = sync_twin(aclear)
+
+
+def _generations(return_val: Sequence[Generation]) -> list[Generation]:
+    generations = list(return_val)
+    for generation in generations:
+        if not isinstance(generation, Generation):
+            raise ConfigurationError(
+                f"LangChain cache values must be Generation objects, got "
+                f"{type(generation).__name__}")
+    return generations

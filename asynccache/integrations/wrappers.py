@@ -1,0 +1,476 @@
+"""``cached`` and ``cached_sync``: put a cache in front of any LLM call.
+
+>>> from asynccache import Cache, cached
+>>> cache = Cache()
+>>> acompletion = cached(client.chat.completions.create, cache=cache)  # doctest: +SKIP
+>>> resp = await acompletion(model="gpt-4o", messages=msgs, cache={"ttl": 600})  # doctest: +SKIP
+
+What a wrapped call does:
+
+* takes ``cache={...}`` (per-call controls) and ``caching=False`` (bypass) out of the
+  keyword arguments before calling upstream;
+* looks the request up (exact key, then similarity on semantic backends); a hit comes
+  back as the same type the upstream call returns (pydantic models are rebuilt with
+  ``model_validate``, dicts stay dicts) with :class:`~.responses.CacheInfo` attached;
+* on a miss, makes one upstream call for all concurrent identical requests
+  (single-flight) and stores the answer, unless it is empty or the call raised;
+* ``stream=True`` calls are passed through chunk by chunk and stored once complete, and
+  hits replay as a stream (see :mod:`.streaming`);
+* embedding calls are cached per input (see :mod:`.embeddings`).
+
+A cache failure never breaks the call: lookups that fail are misses and stores that fail
+are logged. Only user errors (bad controls) raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+from ..base import CacheHit
+from ..bridge import run_sync
+from ..config import NOT_GIVEN
+from ..controls import CacheControls
+from ..exceptions import ConfigurationError
+from ..facade import Cache, get_default_cache
+from ..keys import namespace_prefix
+from ..redact import redact
+from .embeddings import cached_embedding, split_inputs
+from .responses import (
+    CacheInfo,
+    attach_info,
+    cache_info,
+    is_empty,
+    is_pydantic,
+    pack,
+    rebuild,
+    resolve_type,
+    type_path,
+    unpack,
+)
+from .singleflight import LeaseOptions, RedisLease, SingleFlight, supports_lease
+from .streaming import (
+    KNOWN_RESPONSE_TYPES,
+    KNOWN_STREAM_TYPES,
+    CachedStream,
+    ReplayStream,
+    replay_chunks,
+)
+
+logger = logging.getLogger("asynccache.integrations")
+
+EMBEDDING_CALL_TYPES = frozenset({"embedding", "aembedding"})
+
+OnHit = Callable[[CacheInfo], Any]
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What a flight produced: the stored payload (to rebuild copies) and the result."""
+
+    payload: dict[str, Any] | None
+    result: Any
+    info: CacheInfo
+
+
+# One flight table for every wrapper: two wrappers of the same function on the same
+# cache share flights (each rebuilds its own result type from the stored payload).
+_FLIGHTS: SingleFlight[_Outcome] = SingleFlight()
+
+
+class CachedFunction:
+    """The state behind a ``cached`` wrapper (its remembered response types, flights)."""
+
+    def __init__(self, fn: Callable[..., Any], cache: Cache | None, call_type: str,
+                 key: Callable[..., str] | None, on_hit: OnHit | None,
+                 single_flight: bool, lease: LeaseOptions | bool | None = None) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"cached() needs a callable, got {type(fn).__name__}")
+        if cache is not None and not isinstance(cache, Cache):
+            raise ConfigurationError(
+                f"cache must be an asynccache.Cache, got {type(cache).__name__}")
+        if key is not None and not callable(key):
+            raise ConfigurationError("key must be a callable taking the call's kwargs")
+        self.fn = fn
+        self.cache = cache
+        self.call_type = call_type
+        self.key = key
+        self.on_hit = on_hit
+        self.single_flight = single_flight
+        self.response_type: type | None = None
+        self.chunk_type: type | None = None
+        self.flights = _FLIGHTS
+        if lease is True:
+            lease = LeaseOptions()
+        elif lease is False:
+            lease = None
+        if lease is not None and not isinstance(lease, LeaseOptions):
+            raise ConfigurationError(f"lease must be True or LeaseOptions(...), got {lease!r}")
+        if lease is not None and cache is not None and not supports_lease(cache.backend):
+            raise ConfigurationError(
+                f"lease=... needs a Redis backend; this cache uses {cache.backend.name!r}")
+        self.lease = lease
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _resolve_cache(self) -> Cache | None:
+        return self.cache if self.cache is not None else get_default_cache()
+
+    def _enabled_for(self, cache: Cache) -> bool:
+        name = self.call_type
+        return cache.caches_call_type(name) or cache.caches_call_type("a" + name) or (
+            name.startswith("a") and cache.caches_call_type(name[1:]))
+
+    async def _upstream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = self.fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _key(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self.key is not None:
+            key = self.key(*args, **kwargs)
+            if not isinstance(key, str) or not key:
+                raise ConfigurationError(f"key function returned {key!r}, not a non-empty str")
+            return key
+        key_kwargs = dict(kwargs)
+        if args:
+            key_kwargs["__args__"] = list(args)
+        return cache.get_cache_key(**key_kwargs)
+
+    @staticmethod
+    def _fail_open(what: str, exc: BaseException) -> None:
+        # Fail-open: the call goes on as if there were no cache.
+        logger.warning("asynccache: %s failed (the call goes on without the cache): %s: %s",
+                       what, type(exc).__name__, redact(str(exc))[:300])
+
+    async def _notify(self, info: CacheInfo) -> None:
+        if self.on_hit is None:
+            return
+        try:
+            outcome = self.on_hit(info)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            logger.exception("asynccache: the on_hit callback raised (ignored)")
+
+    def _class_for(self, stored_type: Any) -> type | None:
+        return self.response_type or resolve_type(stored_type)
+
+    def _learn(self, result: Any) -> None:
+        if is_pydantic(result):
+            self.response_type = type(result)
+
+    @staticmethod
+    def _hit_info(hit: CacheHit, key: str) -> CacheInfo:
+        return CacheInfo(cache_hit=True, cache_key=key, age=hit.age, backend=hit.backend,
+                         similarity=hit.similarity)
+
+    @staticmethod
+    def _payload_of(hit: CacheHit) -> dict[str, Any] | None:
+        payload = unpack(hit.value)
+        if payload is None and isinstance(hit.value, dict) and "choices" in hit.value:
+            # An entry written directly with set_cache(get_cache_key(...), response).
+            payload = {"type": None, "data": hit.value}
+        return payload
+
+    # -- the call -----------------------------------------------------------------------
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raw_controls = kwargs.pop("cache", None)
+        caching = kwargs.pop("caching", True)
+        cache = self._resolve_cache()
+        if cache is None or caching is False or not self._enabled_for(cache):
+            return await self._upstream(args, kwargs)
+        controls = cache.controls(raw_controls)  # a bad control is the user's error: raise
+        if not controls.enabled(cache.mode):
+            return await self._upstream(args, kwargs)
+        streaming = kwargs.get("stream") is True
+
+        if self.call_type in EMBEDDING_CALL_TYPES and not streaming and not args:
+            split = split_inputs(kwargs.get("input"))
+            if split is not None:
+                return await self._embedding(cache, kwargs, controls, *split)
+
+        try:
+            key = self._key(cache, args, kwargs)
+        except ConfigurationError as exc:
+            if self.key is not None:
+                raise
+            self._fail_open("building the cache key", exc)
+            return await self._upstream(args, kwargs)
+
+        if streaming:
+            return await self._stream(cache, args, kwargs, controls, key)
+        if self.single_flight and controls.reads(cache.mode):
+            flight = (id(cache), repr(controls.namespace), key, controls.s_maxage)
+            outcome, led = await self.flights.run(
+                flight, lambda: self._lookup_or_call(cache, args, kwargs, controls, key))
+            if led:
+                result = outcome.result
+            else:
+                outcome = dataclasses.replace(
+                    outcome, info=dataclasses.replace(outcome.info, coalesced=True))
+                result = (rebuild(outcome.payload["data"], self._class_for(outcome.payload["type"]))
+                          if outcome.payload is not None else outcome.result)
+        else:
+            outcome = await self._lookup_or_call(cache, args, kwargs, controls, key)
+            result = outcome.result
+        if outcome.info.cache_hit or outcome.info.coalesced:
+            await self._notify(outcome.info)
+        return attach_info(result, outcome.info)
+
+    async def _lookup(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
+                      key: str) -> CacheHit | None:
+        if not controls.reads(cache.mode):
+            return None
+        try:
+            return await cache.async_lookup(kwargs, controls=controls, key=key)
+        except Exception as exc:
+            self._fail_open("cache lookup", exc)
+            return None
+
+    async def _store(self, cache: Cache, kwargs: dict[str, Any], payload: dict[str, Any],
+                     controls: CacheControls, key: str) -> None:
+        try:
+            await cache.async_store(kwargs, payload, controls=controls, key=key)
+        except Exception as exc:
+            logger.warning("asynccache: storing a response failed (the call still succeeds): "
+                           "%s: %s", type(exc).__name__, redact(str(exc))[:300])
+
+    async def _lookup_or_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+                              controls: CacheControls, key: str) -> _Outcome:
+        hit = await self._lookup(cache, kwargs, controls, key)
+        payload = None if hit is None else self._payload_of(hit)
+        if hit is not None and payload is not None:
+            result = rebuild(payload["data"], self._class_for(payload.get("type")))
+            return _Outcome(payload, result, self._hit_info(hit, key))
+        if self.lease is not None and supports_lease(cache.backend):
+            return await self._leased_call(cache, args, kwargs, controls, key, self.lease)
+        return await self._call_and_store(cache, args, kwargs, controls, key)
+
+    async def _call_and_store(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+                              controls: CacheControls, key: str) -> _Outcome:
+        result = await self._upstream(args, kwargs)  # errors propagate, nothing is stored
+        self._learn(result)
+        info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
+        if is_empty(result):
+            return _Outcome(None, result, info)
+        try:
+            payload = pack(result)
+        except Exception as exc:
+            self._fail_open("serialising the response", exc)
+            return _Outcome(None, result, info)
+        await self._store(cache, kwargs, payload, controls, key)
+        return _Outcome(payload, result, info)
+
+    async def _leased_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+                           controls: CacheControls, key: str, options: LeaseOptions) -> _Outcome:
+        """Cross-process single-flight: one holder of the Redis lease calls upstream."""
+        namespace = cache.namespace if controls.namespace is NOT_GIVEN else controls.namespace
+        lease = RedisLease(cache.backend, namespace_prefix(namespace) + "asynccache-lease:" + key,
+                           options)
+        delay, waited = options.poll_initial, 0.0
+        token: str | None = None
+        while True:
+            try:
+                token = await lease.acquire()
+            except Exception as exc:
+                self._fail_open("acquiring the distributed lease", exc)
+                break
+            if token is not None or waited >= options.max_wait:
+                break
+            # Another process is calling upstream: wait for its answer to appear.
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, options.poll_max)
+            hit = await self._lookup(cache, kwargs, controls, key)
+            payload = None if hit is None else self._payload_of(hit)
+            if hit is not None and payload is not None:
+                result = rebuild(payload["data"], self._class_for(payload.get("type")))
+                info = dataclasses.replace(self._hit_info(hit, key), coalesced=True)
+                return _Outcome(payload, result, info)
+        try:
+            return await self._call_and_store(cache, args, kwargs, controls, key)
+        finally:
+            if token is not None:
+                try:
+                    await lease.release(token)
+                except Exception as exc:  # it expires on its own after options.ttl
+                    self._fail_open("releasing the distributed lease", exc)
+
+    # -- streaming ----------------------------------------------------------------------
+
+    async def _stream(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      controls: CacheControls, key: str) -> Any:
+        hit = await self._lookup(cache, kwargs, controls, key)
+        payload = None if hit is None else self._payload_of(hit)
+        if hit is not None and payload is not None and isinstance(payload["data"], dict):
+            info = self._hit_info(hit, key)
+            chunk_cls = self.chunk_type or resolve_type(
+                KNOWN_RESPONSE_TYPES.get(payload.get("type") or "", ""))
+            chunks = [rebuild(chunk, chunk_cls) for chunk in replay_chunks(payload["data"])]
+            await self._notify(info)
+            return ReplayStream(chunks, info)
+
+        upstream = await self._upstream(args, kwargs)
+        info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
+
+        async def on_complete(assembled: dict[str, Any], chunk_type: type | None) -> None:
+            if chunk_type is not None:
+                self.chunk_type = chunk_type
+            if is_empty(assembled):
+                return
+            stored_type = KNOWN_STREAM_TYPES.get(type_path(chunk_type)) if chunk_type else None
+            if stored_type is None and self.response_type is not None:
+                stored_type = type_path(self.response_type)
+            payload = {**pack(assembled), "type": stored_type}
+            await self._store(cache, kwargs, payload, controls, key)
+
+        return CachedStream(upstream, on_complete, info)
+
+    # -- embeddings ---------------------------------------------------------------------
+
+    async def _embedding(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
+                         inputs: list[Any], single: bool) -> Any:
+        def key_for(item_kwargs: dict[str, Any]) -> str:
+            return self._key(cache, (), item_kwargs)
+
+        async def upstream(sent: dict[str, Any]) -> Any:
+            return await self._upstream((), sent)
+
+        result, seen = await cached_embedding(
+            cache=cache, mode=cache.mode, kwargs=kwargs, inputs=inputs, single=single,
+            controls=controls, key_for=key_for, upstream=upstream,
+            remembered_type=self.response_type, fail_open=self._fail_open,
+        )
+        if seen is not None:
+            self.response_type = seen
+        info = cache_info(result)
+        if info is not None and info.cache_hit:
+            await self._notify(info)
+        return result
+
+
+def cached(
+    fn: Callable[..., Any],
+    cache: Cache | None = None,
+    *,
+    call_type: str = "completion",
+    key: Callable[..., str] | None = None,
+    on_hit: OnHit | None = None,
+    single_flight: bool = True,
+    lease: LeaseOptions | bool | None = None,
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """Wrap an async LLM call (OpenAI, Anthropic, ``litellm.acompletion``, your own).
+
+    * ``cache``: the :class:`~asynccache.Cache` to use (default: the one set with
+      :func:`~asynccache.enable_cache`, looked up at call time; none set: no caching);
+    * ``call_type``: ``"completion"``, ``"embedding"`` (cached per input),
+      ``"transcription"``, ``"text_completion"``, ``"rerank"``, ``"responses"``...;
+      a type missing from the cache's ``supported_call_types`` is not cached;
+    * ``key``: replace the key function; called with the call's arguments;
+    * ``on_hit``: called (sync or async) with a :class:`~.responses.CacheInfo` whenever
+      a result did not come from this call's own upstream request;
+    * ``single_flight``: concurrent identical misses make one upstream call (default on);
+    * ``lease``: ``True`` or :class:`~.singleflight.LeaseOptions` to extend single-flight
+      across processes with a lease key on Redis (Redis backends only; off by default).
+
+    Per call: ``cache={"ttl": 600, "no-cache": True, "namespace": "eu", ...}`` and
+    ``caching=False``. :func:`~.responses.cache_info` tells where a result came from.
+
+    >>> acompletion = cached(client.chat.completions.create, cache=Cache())  # doctest: +SKIP
+    >>> resp = await acompletion(model="gpt-4o", messages=msgs)              # doctest: +SKIP
+    """
+    state = CachedFunction(fn, cache, call_type, key, on_hit, single_flight, lease)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await state(*args, **kwargs)
+
+    wrapper.cached_function = state  # type: ignore[attr-defined]
+    return wrapper
+
+
+class SyncStream:
+    """A cached stream for sync code: iterate it with ``for``; ``close()`` stops early."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.cache_info: CacheInfo | None = cache_info(stream)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        more, chunk = run_sync(_next_chunk(self._stream))
+        if not more:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        """Stop early (nothing is stored)."""
+        run_sync(self._stream.aclose())
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def _next_chunk(stream: Any) -> tuple[bool, Any]:
+    # StopAsyncIteration cannot cross the bridge as an exception; turn it into a flag.
+    try:
+        return True, await stream.__anext__()
+    except StopAsyncIteration:
+        return False, None
+
+
+def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))  # noqa: B004 - callable objects with async __call__
+
+
+def cached_sync(
+    fn: Callable[..., Any],
+    cache: Cache | None = None,
+    *,
+    call_type: str = "completion",
+    key: Callable[..., str] | None = None,
+    on_hit: OnHit | None = None,
+    single_flight: bool = True,
+    lease: LeaseOptions | bool | None = None,
+) -> Callable[..., Any]:
+    """The blocking shim of :func:`cached`, for scripts: same options, same behaviour.
+
+    ``fn`` may be async (``AsyncOpenAI().chat.completions.create``), run on asynccache's
+    bridge loop, or sync (``OpenAI().chat.completions.create``), run in a worker thread of
+    that loop. ``stream=True`` returns a :class:`SyncStream` to iterate with ``for``.
+
+    >>> completion = cached_sync(OpenAI().chat.completions.create, cache=Cache())  # doctest: +SKIP
+    >>> completion(model="gpt-4o", messages=msgs)                                 # doctest: +SKIP
+    """
+    if _is_async_callable(fn):
+        target: Callable[..., Any] = fn
+    else:
+        async def target(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async_wrapper = cached(target, cache, call_type=call_type, key=key, on_hit=on_hit,
+                           single_flight=single_flight, lease=lease)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = run_sync(async_wrapper(*args, **kwargs))
+        if isinstance(result, CachedStream | ReplayStream):
+            return SyncStream(result)
+        return result
+
+    wrapper.cached_function = async_wrapper.cached_function  # type: ignore[attr-defined]
+    return wrapper
