@@ -1,0 +1,234 @@
+"""Semantic caches: lookup latency and throughput at 10k entries, and hit precision/recall.
+
+Run with ``python -m benchmarks.bench_semantic`` (``--quick`` for a short run). It starts
+its own valkey-server with RediSearch on 127.0.0.1 and uses embedded in-memory Qdrant.
+
+* **Lookup latency / throughput**: each store is filled with 10,000 indexed entries
+  (2,000 with ``--quick``), embedded with the fast deterministic
+  :class:`~asynccache.semantic.HashEmbedder` (384 dims, like the local model) so the fill
+  takes seconds; lookups are full ``Cache.async_lookup`` calls (exact get, then vector
+  search with the filter); "redis-semantic BATCHES" forces RediSearch's batched hybrid
+  search (``hybrid_policy="BATCHES"``), which suits a filter shared by most entries, as
+  here (one model and one set of parameters). Latency p50/p99 come from sequential
+  lookups; throughput from 100 concurrent lookups at a time. The hash embedder costs
+  microseconds, so these figures are the store's; the real model's time is reported
+  separately.
+* **Local embedding time**: all-MiniLM-L6-v2 int8 on onnxruntime, one text per call and
+  batches of 32, in the worker thread.
+* **Precision / recall**: every labelled pair of ``data/paraphrase_pairs.json`` is scored
+  by both stores with the local model (``a`` stored, ``b`` looked up, one namespace per
+  pair); a pair counts as a predicted hit when its similarity reaches the threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from asynccache import Cache
+from asynccache.semantic import HashEmbedder, LocalEmbedder
+from asynccache.testing.servers import running, start_valkey
+from benchmarks._measure import Result, measure
+
+THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
+PAIRS_FILE = Path(__file__).parent / "data" / "paraphrase_pairs.json"
+_TOPICS = ("python", "cooking", "finance", "travel", "physics", "history", "music", "health",
+           "gardening", "databases", "football", "poetry", "chemistry", "law", "marketing")
+
+
+def _chat(text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {"model": model, "temperature": 0.2,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": text}]}
+
+
+def _prompt(i: int) -> str:
+    rng = random.Random(i)
+    words = rng.sample(_TOPICS, 3)
+    return f"Question {i}: how does {words[0]} relate to {words[1]} and {words[2]}?"
+
+
+def _answer(i: int) -> dict[str, Any]:
+    return {"id": f"chatcmpl-{i}", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "An answer. " * 150}}]}
+
+
+def _caches(redis_port: int, embedding: Any, threshold: float = 0.8) -> dict[str, Cache]:
+    return {
+        "redis-semantic": Cache(type="redis-semantic", host="127.0.0.1", port=redis_port,
+                                embedding=embedding, similarity_threshold=threshold,
+                                embedding_cache_size=0, timeout=None,
+                                redis_semantic_cache_index_name=f"bench-{uuid.uuid4().hex[:8]}"),
+        "qdrant-semantic": Cache(type="qdrant-semantic", qdrant_location=":memory:",
+                                 embedding=embedding, similarity_threshold=threshold,
+                                 embedding_cache_size=0, timeout=None,
+                                 qdrant_collection_name="bench"),
+    }
+
+
+async def _fill(cache: Cache, entries: int) -> float:
+    backend: Any = cache.backend
+    started = time.perf_counter()
+    for start in range(0, entries, 500):
+        numbers = range(start, min(entries, start + 500))
+        requests = [_chat(_prompt(i)) for i in numbers]
+        items = [cache._encode(cache.get_cache_key(**r), _answer(i), None, None, cache.clock())
+                 for i, r in zip(numbers, requests, strict=True)]
+        await backend.index_similar_many(requests, items, prefix="")
+    return time.perf_counter() - started
+
+
+async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
+    entries = 2_000 if quick else 10_000
+    results: list[Result] = []
+    contenders = _caches(redis_port, HashEmbedder(384))
+    contenders["redis-semantic BATCHES"] = Cache(
+        type="redis-semantic", host="127.0.0.1", port=redis_port, embedding=HashEmbedder(384),
+        embedding_cache_size=0, timeout=None, hybrid_policy="BATCHES",
+        redis_semantic_cache_index_name=f"bench-{uuid.uuid4().hex[:8]}")
+    for name, cache in contenders.items():
+        # Embedded Qdrant searches exhaustively in Python (~0.2 s per filtered lookup at
+        # 10k entries), so it gets fewer lookups to keep the run short.
+        embedded = name == "qdrant-semantic"
+        lookups = (40 if quick else 100) if embedded else (200 if quick else 1_000)
+        try:
+            fill_s = await _fill(cache, entries)
+            rng = random.Random(7)
+            # Half reworded versions of stored prompts (semantic hits), half unseen prompts.
+            queries = [
+                _chat(_prompt(rng.randrange(entries)) + " Please explain.") if n % 2 == 0
+                else _chat(f"Unseen prompt {n} about {rng.choice(_TOPICS)} and the weather")
+                for n in range(lookups)
+            ]
+            latencies: list[float] = []
+            hits = 0
+            for query in queries:
+                started = time.perf_counter()
+                hit = await cache.async_lookup(query)
+                latencies.append(time.perf_counter() - started)
+                hits += hit is not None
+            latencies.sort()
+
+            async def concurrent(cache: Cache = cache, queries: list[Any] = queries) -> None:
+                for start in range(0, len(queries), 100):
+                    await asyncio.gather(*(cache.async_lookup(q)
+                                           for q in queries[start : start + 100]))
+
+            result = await measure(f"semantic lookup, {entries:,} entries", name, concurrent,
+                                   lookups, repeats=1 if embedded else 3,
+                                   warmup=0 if embedded else 1, probe_loop=True)
+            result.extra = {
+                "entries": entries, "fill_s": round(fill_s, 2),
+                "fill_entries_per_s": round(entries / fill_s),
+                "p50_ms": round(statistics.median(latencies) * 1000, 3),
+                "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+                                * 1000, 3),
+                "lookups": lookups, "hit_rate": round(hits / lookups, 3),
+                "errors": cache.stats()["errors"],
+            }
+            results.append(result)
+        finally:
+            await cache.aclose()
+    return results
+
+
+async def _embedding_figures(quick: bool) -> list[Result]:
+    embed = LocalEmbedder()
+    texts = [_prompt(i) for i in range(64 if quick else 256)]
+    await embed(texts[:4])  # loads the model once, untimed
+    single: list[float] = []
+    for text in texts:
+        started = time.perf_counter()
+        await embed([text])
+        single.append(time.perf_counter() - started)
+    single.sort()
+
+    async def batches() -> None:
+        for start in range(0, len(texts), 32):
+            await embed(texts[start : start + 32])
+
+    result = await measure("local embedding (all-MiniLM-L6-v2 int8, batches of 32)",
+                           "onnxruntime", batches, len(texts), repeats=3, probe_loop=True)
+    result.extra = {"single_p50_ms": round(statistics.median(single) * 1000, 3),
+                    "single_p99_ms": round(single[min(len(single) - 1, int(len(single) * 0.99))]
+                                           * 1000, 3)}
+    return [result]
+
+
+async def _precision_recall(redis_port: int) -> list[Result]:
+    pairs = json.loads(PAIRS_FILE.read_text())["pairs"]
+    results: list[Result] = []
+    scores: dict[str, list[float]] = {}
+    for name, cache in _caches(redis_port, LocalEmbedder(), threshold=0.0).items():
+        backend: Any = cache.backend
+        try:
+            started = time.perf_counter()
+            similarities: list[float] = []
+            for index, pair in enumerate(pairs):
+                prefix = f"pair{index}:"
+                stored = _chat(pair["a"])
+                item = cache._encode(cache.get_cache_key(**stored), "answer", None,
+                                     f"pair{index}", cache.clock())
+                await backend.index_similar(stored, item, prefix=prefix)
+                found = await backend.search_similar(_chat(pair["b"]), prefix=prefix,
+                                                     threshold=0.0)
+                similarities.append(0.0 if found is None else found[1])
+            elapsed = time.perf_counter() - started
+        finally:
+            await cache.aclose()
+        scores[name] = similarities
+        table: dict[str, dict[str, float]] = {}
+        for threshold in THRESHOLDS:
+            tp = sum(s >= threshold and p["paraphrase"] for s, p in zip(similarities, pairs,
+                                                                         strict=True))
+            fp = sum(s >= threshold and not p["paraphrase"] for s, p in zip(similarities, pairs,
+                                                                             strict=True))
+            positives = sum(p["paraphrase"] for p in pairs)
+            precision = tp / (tp + fp) if tp + fp else 1.0
+            recall = tp / positives if positives else 0.0
+            table[f"{threshold:.2f}"] = {"precision": round(precision, 3),
+                                         "recall": round(recall, 3), "tp": tp, "fp": fp}
+        results.append(Result(f"paraphrase precision/recall ({len(pairs)} pairs)", name,
+                              len(pairs), elapsed, elapsed, elapsed, extra={"by_threshold": table}))
+    redis_s, qdrant_s = scores["redis-semantic"], scores["qdrant-semantic"]
+    drift = max(abs(a - b) for a, b in zip(redis_s, qdrant_s, strict=True))
+    for result in results:
+        result.extra["max_similarity_difference_between_stores"] = round(drift, 6)
+    return results
+
+
+async def run(quick: bool) -> list[Result]:
+    """Lookup latency/throughput per store, local embedding time, precision/recall."""
+    server = start_valkey()
+    with running(server):
+        results = await _lookup_figures(server.port, quick)
+        results += await _embedding_figures(quick)
+        results += await _precision_recall(server.port)
+    return results
+
+
+def _report(results: list[Result]) -> None:
+    for result in results:
+        print(f"{result.library:16s} {result.scenario}")
+        if "by_threshold" in result.extra:
+            for threshold, row in result.extra["by_threshold"].items():
+                print(f"    threshold {threshold}: precision {row['precision']:.3f}  "
+                      f"recall {row['recall']:.3f}  (tp {row['tp']}, fp {row['fp']})")
+            print(f"    max similarity difference redis vs qdrant: "
+                  f"{result.extra['max_similarity_difference_between_stores']}")
+            continue
+        lag = result.loop_lag_p99_ms
+        print(f"    {result.ops_per_s:10,.0f} ops/s  loop lag p99 "
+              f"{'-' if lag is None else f'{lag:.2f} ms'}  {result.extra}")
+
+
+if __name__ == "__main__":
+    _report(asyncio.run(run(quick="--quick" in sys.argv)))

@@ -1,0 +1,388 @@
+"""Semantic caches on a real valkey-server with RediSearch and on embedded Qdrant.
+
+Exact-key behaviour is in the contract suite (tests/plugins/semantic.py); this file checks
+the similarity side: real local model hits and misses, scope filters, one threshold
+meaning for both stores, embedding off the loop, TTL, dimension checks and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+
+import pytest
+
+from asynccache import Cache, CacheConnectionError, ConfigurationError, parse_controls
+from asynccache.semantic import HashEmbedder, LocalEmbedder
+from asynccache.testing.servers import free_port
+from tests.helpers import FakeClock, chat_completion, unique
+
+pytest.importorskip("qdrant_client")
+
+STORES = ["redis", "qdrant"]
+
+
+def chat(text, model="gpt-4o", **params):
+    return {"model": model, "messages": [{"role": "user", "content": text}], **params}
+
+
+@pytest.fixture
+async def make(request, tmp_path):
+    """``make(store, **settings)``: a semantic Cache on that store, closed at teardown."""
+    caches: list[Cache] = []
+
+    def build(store, **settings):
+        if store == "redis":
+            server = request.getfixturevalue("valkey_server")
+            settings = {"host": "127.0.0.1", "port": server.port,
+                        "redis_semantic_cache_index_name": unique("idx"), **settings}
+            cache = Cache(type="redis-semantic", **settings)
+        else:
+            settings = {"qdrant_location": ":memory:",
+                        "qdrant_collection_name": unique("col"), **settings}
+            cache = Cache(type="qdrant-semantic", **settings)
+        caches.append(cache)
+        return cache
+
+    yield build
+    for cache in caches:
+        await cache.aclose()
+
+
+class Fixed:
+    """Maps known texts to fixed 2-d vectors: exact control over cosine similarity."""
+
+    dimension = 2
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    async def __call__(self, texts):
+        return [self.vectors[t] for t in texts]
+
+
+# -- the real local model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local():
+    pytest.importorskip("onnxruntime")
+    return LocalEmbedder()
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_local_model_hits_paraphrases_and_misses_everything_else(make, local, store):
+    cache = make(store, embedding=local, similarity_threshold=0.8)
+    answer = chat_completion("Machine learning is ...")
+    assert await cache.async_store(chat("What is machine learning?"), answer) is True
+
+    hit = await cache.async_lookup(chat("Explain machine learning"))
+    assert hit is not None and hit.value == answer
+    assert 0.8 <= hit.similarity < 1
+    assert hit.matched_prompt == "What is machine learning?"
+
+    assert await cache.async_lookup(chat("How do I bake bread?")) is None
+    assert await cache.async_lookup(chat("Explain machine learning", model="gpt-4o-mini")) is None
+    assert await cache.async_lookup(chat("Explain machine learning", temperature=1.5)) is None
+    tenant_b = parse_controls({"namespace": "tenant-b"})
+    assert await cache.async_lookup(chat("Explain machine learning"), controls=tenant_b) is None
+
+    # The same store, seen by tenant b, gets its own answers only.
+    other = chat_completion("tenant b's answer")
+    await cache.async_store(chat("What is machine learning?"), other, controls=tenant_b)
+    hit_b = await cache.async_lookup(chat("Explain machine learning"), controls=tenant_b)
+    assert hit_b is not None and hit_b.value == other
+    hit_a = await cache.async_lookup(chat("Explain machine learning"))
+    assert hit_a is not None and hit_a.value == answer
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_embedding_runs_off_the_loop_and_the_lookup_vector_is_reused(make, store):
+    threads: list[int] = []
+
+    class Recording(LocalEmbedder):
+        def embed_sync(self, texts):
+            threads.append(threading.get_ident())
+            return super().embed_sync(texts)
+
+    pytest.importorskip("onnxruntime")
+    cache = make(store, embedding=Recording())
+    request = chat(f"What is the capital of France? ({unique()})")
+    assert await cache.async_lookup(request) is None  # miss: embeds once
+    await cache.async_store(request, {"answer": "Paris"})  # reuses that vector
+    assert cache.backend.semantic.embedder.texts_embedded == 1
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert (await cache.async_lookup(request)).value == {"answer": "Paris"}  # exact hit
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_per_call_threshold_override(make, local, store):
+    cache = make(store, embedding=local, similarity_threshold=0.8)
+    await cache.async_store(chat("What is machine learning?"), "ML")
+    strict = parse_controls({"similarity-threshold": 0.95})
+    assert await cache.async_lookup(chat("Explain machine learning"), controls=strict) is None
+    loose = parse_controls({"similarity-threshold": 0.5})
+    hit = await cache.async_lookup(chat("Explain machine learning"), controls=loose)
+    assert hit is not None and hit.value == "ML"
+
+
+# -- one threshold meaning for both stores ----------------------------------------------
+
+
+def _vectors(cos):
+    return {"stored": [1.0, 0.0], "query": [cos, math.sqrt(1 - cos * cos)],
+            "opposite": [-1.0, 0.0]}
+
+
+@pytest.mark.parametrize("cos", [0.9, 0.6, 0.3])
+async def test_threshold_means_the_same_cosine_similarity_on_both_stores(make, cos):
+    seen = {}
+    for store in STORES:
+        cache = make(store, embedding=Fixed(_vectors(cos)), similarity_threshold=0.0)
+        await cache.async_store(chat("stored"), "v")
+        backend = cache.backend
+        found = await backend.search_similar(chat("query"), prefix="", threshold=0.0)
+        assert found is not None
+        seen[store] = found[1]
+        above = parse_controls({"similarity-threshold": cos - 0.01})
+        below = parse_controls({"similarity-threshold": min(1.0, cos + 0.01)})
+        assert (await cache.async_lookup(chat("query"), controls=above)).similarity == \
+            pytest.approx(cos, abs=1e-5)
+        assert await cache.async_lookup(chat("query"), controls=below) is None
+        # An opposite vector has cosine -1: similarity 0, a miss even at threshold 0.01.
+        low = parse_controls({"similarity-threshold": 0.01})
+        assert await cache.async_lookup(chat("opposite"), controls=low) is None
+    assert seen["redis"] == pytest.approx(cos, abs=1e-5)
+    assert seen["qdrant"] == pytest.approx(cos, abs=1e-5)
+
+
+# -- TTL --------------------------------------------------------------------------------
+
+
+async def test_redis_entries_expire_in_redis_and_in_the_envelope(make):
+    clock = FakeClock()
+    cache = make("redis", embedding=HashEmbedder(16), clock=clock)
+    await cache.async_store(chat("how long do entries live"), "v", controls=parse_controls(
+        {"ttl": 30}))
+    backend = cache.backend
+    client = await backend._clients.get()
+    names = [name async for name in client.scan_iter(match=backend.key_prefix + "*")]
+    assert len(names) == 1
+    assert 0 < await client.pttl(names[0]) <= 30_000  # Redis drops it (and its vector)
+    assert (await cache.async_lookup(chat("how long do entries live ?"))).value == "v"
+    clock.advance(31)
+    assert await cache.async_lookup(chat("how long do entries live ?")) is None
+
+
+async def test_qdrant_filters_expired_points_and_purges_them_in_the_background(make):
+    clock = FakeClock()
+    cache = make("qdrant", embedding=HashEmbedder(16), clock=clock, purge_interval=60)
+    backend = cache.backend
+    short = parse_controls({"ttl": 30})
+    await cache.async_store(chat("short lived entry"), "short", controls=short)
+    await cache.async_store(chat("long lived entry"), "long", controls=parse_controls(
+        {"ttl": 3600}))
+    assert (await backend.search_similar(chat("short lived entry ?"), prefix="",
+                                         threshold=0.8))[0] is not None
+    clock.advance(31)
+    # The query itself filters on expires_at: the backend returns nothing, not a stale hit.
+    assert await backend.search_similar(chat("short lived entry ?"), prefix="",
+                                        threshold=0.8) is None
+    assert await backend.search_similar(chat("long lived entry ?"), prefix="",
+                                        threshold=0.8) is not None
+    clock.advance(60)
+    await cache.async_store(chat("a later write"), "w")  # schedules the purge
+    assert len(backend._tasks) == 1
+    await asyncio.gather(*backend._tasks)
+    assert backend.purged == 1
+    client = await backend._client()
+    assert (await client.count(backend.collection)).count == 2
+
+
+# -- index / collection management and errors -------------------------------------------
+
+
+async def test_redis_index_schema_and_dimension_mismatch(make, valkey_server):
+    index = unique("idx")
+    first = make("redis", embedding=HashEmbedder(16), redis_semantic_cache_index_name=index)
+    await first.async_store(chat("hello there"), "v")
+    client = await first.backend._clients.get()
+    info = await client.execute_command("FT.INFO", index)
+    vector = next(a for a in info[b"attributes"] if a[b"type"] == b"VECTOR")
+    assert (vector[b"algorithm"], vector[b"distance_metric"], vector[b"data_type"],
+            vector[b"dim"]) == (b"HNSW", b"COSINE", b"FLOAT32", 16)
+    assert {a[b"identifier"] for a in info[b"attributes"] if a[b"type"] == b"TAG"} == {
+        b"fh", b"ns"}
+
+    second = make("redis", embedding=HashEmbedder(8), redis_semantic_cache_index_name=index)
+    with pytest.raises(ConfigurationError, match=r"16-dimensional.*8-dimensional"):
+        await second.async_test_connection()
+    with pytest.raises(ConfigurationError, match="16-dimensional"):
+        await second.backend.search_similar(chat("hello"), prefix="", threshold=None)
+    # Through the cache the failure is a counted miss, never an exception.
+    assert await second.async_lookup(chat("hello there again")) is None
+    assert second.stats()["errors"] >= 1
+
+
+async def test_qdrant_collection_dimension_mismatch_on_a_path(make, tmp_path):
+    path = str(tmp_path / "qdrant")
+    first = make("qdrant", qdrant_location=None, qdrant_path=path,
+                 qdrant_collection_name="shared", embedding=HashEmbedder(16))
+    await first.async_store(chat("hello there"), "v")
+    await first.aclose()
+    reopened = make("qdrant", qdrant_location=None, qdrant_path=path,
+                    qdrant_collection_name="shared", embedding=HashEmbedder(16))
+    assert (await reopened.async_lookup(chat("hello there"))).value == "v"  # persisted
+    await reopened.aclose()
+    other = make("qdrant", qdrant_location=None, qdrant_path=path,
+                 qdrant_collection_name="shared", embedding=HashEmbedder(8))
+    with pytest.raises(ConfigurationError, match=r"16-dimensional.*8-dimensional"):
+        await other.async_test_connection()
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_embedder_changing_dimension_is_a_clear_error(make, store):
+    sizes = iter([4, 4, 3])
+
+    async def drifting(texts):
+        size = next(sizes)
+        return [[1.0] * size for _ in texts]
+
+    cache = make(store, embedding=drifting)
+    await cache.async_store(chat("first"), "v")
+    await cache.async_lookup(chat("second"))
+    with pytest.raises(ConfigurationError, match="dimension 3, expected 4"):
+        await cache.backend.search_similar(chat("third"), prefix="", threshold=None)
+
+
+@pytest.mark.parametrize("kind", ["binary", "scalar", "product", None])
+async def test_qdrant_quantization_choices(make, kind):
+    from qdrant_client import models
+
+    cache = make("qdrant", embedding=HashEmbedder(16), qdrant_quantization_config=kind)
+    client = await cache.backend._client()
+    created = []
+    original = client.create_collection
+
+    async def recording(*args, **kwargs):
+        created.append(kwargs)
+        return await original(*args, **kwargs)
+
+    # Embedded Qdrant accepts but does not report quantization, so record what is asked.
+    client.create_collection = recording
+    await cache.async_store(chat("quantized entry"), "v")
+    assert (await cache.async_lookup(chat("quantized entry !"))).value == "v"
+    assert len(created) == 1
+    config = created[0]["quantization_config"]
+    expected = {None: type(None), "binary": models.BinaryQuantization,
+                "scalar": models.ScalarQuantization, "product": models.ProductQuantization}
+    assert type(config) is expected[kind]
+    vectors = created[0]["vectors_config"]["prompt"]
+    assert (vectors.size, vectors.distance) == (16, models.Distance.COSINE)
+
+
+def test_bad_settings_raise_naming_them():
+    with pytest.raises(ConfigurationError, match="similarity_threshold"):
+        Cache(type="qdrant-semantic", qdrant_location=":memory:", similarity_threshold=1.2,
+              embedding=HashEmbedder())
+    with pytest.raises(ConfigurationError, match="qdrant_quantization_config"):
+        Cache(type="qdrant-semantic", qdrant_location=":memory:",
+              qdrant_quantization_config="fancy", embedding=HashEmbedder())
+    with pytest.raises(ConfigurationError, match="exactly one of"):
+        Cache(type="qdrant-semantic", embedding=HashEmbedder())
+    with pytest.raises(ConfigurationError, match="similarity-threshold"):
+        parse_controls({"similarity-threshold": -0.5})
+    with pytest.raises(ConfigurationError, match="redis_semantic_cache_index_name"):
+        Cache(type="redis-semantic", embedding=HashEmbedder(),
+              redis_semantic_cache_index_name="llm:cache")
+    with pytest.raises(ConfigurationError, match="hybrid_policy"):
+        Cache(type="redis-semantic", embedding=HashEmbedder(), hybrid_policy="fastest")
+    with pytest.raises(ConfigurationError, match="does not accept"):
+        Cache(type="redis-semantic", embedding=HashEmbedder(), colour="blue")
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+async def test_unreachable_stores_fail_test_connection_clearly():
+    port = free_port()  # nothing listens here
+    redis_cache = Cache(type="redis-semantic", host="127.0.0.1", port=port,
+                        password="s3cret-pw", embedding=HashEmbedder())
+    qdrant_cache = Cache(type="qdrant-semantic", qdrant_api_base=f"http://127.0.0.1:{port}",
+                         qdrant_api_key="s3cret-key", embedding=HashEmbedder())
+    try:
+        for cache in (redis_cache, qdrant_cache):
+            with pytest.raises(CacheConnectionError, match="not usable") as info:
+                await cache.async_test_connection()
+            assert "s3cret" not in str(info.value)
+            assert "s3cret" not in repr(cache)
+            assert await cache.async_ping() is False
+            assert await cache.async_lookup(chat("anything")) is None  # fail-open
+    finally:
+        await redis_cache.aclose()
+        await qdrant_cache.aclose()
+
+
+# -- other behaviour --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("store", "settings"), [
+    ("redis", {}), ("redis", {"hybrid_policy": "batches"}),
+    ("redis", {"hybrid_policy": "ADHOC_BF"}), ("qdrant", {}),
+])
+async def test_batch_index_and_exact_only_requests(make, store, settings):
+    cache = make(store, embedding=HashEmbedder(32), **settings)
+    backend = cache.backend
+    requests = [chat(f"question number {i} about topic {i * 7}") for i in range(50)]
+    items = [cache._encode(cache.get_cache_key(**r), {"n": i}, None, None, cache.clock())
+             for i, r in enumerate(requests)]
+    await backend.index_similar_many(requests, items, prefix="")
+    assert backend.semantic.embedder.calls == 1  # one embedding call for the batch
+    hit = await cache.async_lookup(chat("question number 17 about topic 119 ?"))
+    assert hit is not None and hit.value == {"n": 17}
+    # A request with nothing to embed is stored and found by its exact key only.
+    no_text = {"model": "gpt-4o", "messages": [{"role": "assistant", "content": "x"}]}
+    assert await cache.async_store(no_text, "exact") is True
+    assert (await cache.async_lookup(no_text)).value == "exact"
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_embed_all_messages(make, store):
+    cache = make(store, embedding=HashEmbedder(32), embed_what="all_messages",
+                 similarity_threshold=0.9)
+    convo = [{"role": "system", "content": "You answer cooking questions."},
+             {"role": "user", "content": "How long do I boil an egg?"}]
+    await cache.async_store({"model": "m", "messages": convo}, "ten minutes")
+    reworded = [convo[0], {"role": "user", "content": "how long do I boil an egg"}]
+    assert (await cache.async_lookup({"model": "m", "messages": reworded})).value == \
+        "ten minutes"
+    other_topic = [{"role": "system", "content": "You answer tax questions."},
+                   {"role": "user", "content": "When is the deadline?"}]
+    assert await cache.async_lookup({"model": "m", "messages": other_topic}) is None
+
+
+async def test_cache_classes_are_the_facade_with_the_type_fixed(valkey_server):
+    from asynccache import QdrantSemanticCache, RedisSemanticCache
+
+    redis_cache = RedisSemanticCache(host="127.0.0.1", port=valkey_server.port,
+                                     url=None, embedding=HashEmbedder(),
+                                     redis_semantic_cache_index_name=unique("idx"))
+    qdrant_cache = QdrantSemanticCache(qdrant_location=":memory:", embedding=HashEmbedder())
+    try:
+        for cache, type_name in ((redis_cache, "redis-semantic"),
+                                 (qdrant_cache, "qdrant-semantic")):
+            assert isinstance(cache, Cache) and cache.type == type_name
+            assert await cache.async_store(chat("ping pong"), 1) is True
+            assert (await cache.async_lookup(chat("ping pong!"))).value == 1
+    finally:
+        await redis_cache.aclose()
+        await qdrant_cache.aclose()
+
+
+async def test_sync_twins_work_from_a_thread(make):
+    cache = make("qdrant", embedding=HashEmbedder(16))
+    await cache.async_store(chat("sync world"), "v")
+
+    def from_script():
+        return cache.get_cache(cache.get_cache_key(**chat("sync world")))
+
+    assert await asyncio.to_thread(from_script) == "v"
