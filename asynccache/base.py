@@ -30,6 +30,7 @@ from .exceptions import (
 from .flush import FlushQueue
 from .guard import CircuitBreaker, GuardedBackend
 from .keys import namespace_prefix, validate_key
+from .lifecycle import install_sigterm_drain
 from .redact import redact
 from .stats import CacheStats
 
@@ -261,6 +262,7 @@ class BaseCache:
                 max_size=max_queue_size, overflow=queue_overflow, retries=flush_retries,
             )
             register_exit_hook(self)
+            install_sigterm_drain()
         self._closed = False
 
     # -- naming -------------------------------------------------------------------------

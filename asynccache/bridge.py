@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import logging
@@ -54,6 +55,10 @@ class _Bridge:
 
     def loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
+        # Checked before the fast path: after shutdown the loop object still exists but
+        # no longer runs, so a call submitted to it would wait forever.
+        if self._closed:
+            raise BridgeError("the asynccache sync bridge has shut down (interpreter exit)")
         if loop is not None:
             return loop
         with self._lock:
@@ -86,12 +91,20 @@ class _Bridge:
         except BridgeError:
             coro.close()
             raise
-        # Submitting inside ctx.run makes the task start from a copy of the caller's
-        # context variables (tracing ids, tenant ids...).
+        # The future exists before anything is scheduled, so a Ctrl-C that lands at any
+        # point after this line (even while the task is being submitted) still reaches
+        # the ``except`` below and cancels the task.
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        # The task starts from a copy of the caller's context variables (tracing ids,
+        # tenant ids...).
         ctx = contextvars.copy_context()
-        future = ctx.run(asyncio.run_coroutine_threadsafe, coro, loop)
         waited = 0.0
         try:
+            try:
+                loop.call_soon_threadsafe(_start_task, loop, coro, future, ctx)
+            except RuntimeError:  # the loop was closed under us
+                coro.close()
+                raise BridgeError("the asynccache sync bridge loop is closed") from None
             while True:
                 step = _POLL_SECONDS if timeout is None else min(_POLL_SECONDS, timeout - waited)
                 try:
@@ -128,6 +141,40 @@ class _Bridge:
                 logger.exception("asynccache: draining pending writes at exit failed")
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
+
+
+def _start_task(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    future: concurrent.futures.Future[T],
+    ctx: contextvars.Context,
+) -> None:
+    """Runs on the bridge loop: start ``coro`` and tie it to the caller's ``future``."""
+    if future.cancelled():  # interrupted before the task could start
+        coro.close()
+        return
+    task = ctx.run(loop.create_task, coro)
+
+    def copy_outcome(done: asyncio.Task[T]) -> None:
+        if future.cancelled():
+            return
+        try:
+            if done.cancelled():
+                future.cancel()
+            elif (exc := done.exception()) is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(done.result())
+        except concurrent.futures.InvalidStateError:  # cancelled by the caller meanwhile
+            pass
+
+    def cancel_task(done: concurrent.futures.Future[T]) -> None:
+        if done.cancelled():
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(task.cancel)
+
+    task.add_done_callback(copy_outcome)
+    future.add_done_callback(cancel_task)
 
 
 async def _drain_all(hooks: list[Any]) -> None:

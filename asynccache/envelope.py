@@ -85,6 +85,10 @@ def encode(value: Any, created_at: float, expires_at: float | None, key: str = "
     return data
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def decode(data: bytes | bytearray | memoryview | str) -> Entry:
     """Decode stored bytes; raise :class:`CorruptEntry` if they are not an entry."""
     try:
@@ -93,12 +97,12 @@ def decode(data: bytes | bytearray | memoryview | str) -> Entry:
         raise CorruptEntry(f"not JSON: {exc}") from exc
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return Entry(raw, None, None)
-    if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
+    version = raw.get("v") if isinstance(raw, dict) else None
+    # bool is an int in Python (True == 1): reject it explicitly wherever a number is due.
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise CorruptEntry("not an asynccache envelope of a known version")
     created_at, expires_at = raw.get("c"), raw.get("e")
-    if not isinstance(created_at, int | float) or not (
-        expires_at is None or isinstance(expires_at, int | float)
-    ):
+    if not _is_number(created_at) or not (expires_at is None or _is_number(expires_at)):
         raise CorruptEntry("envelope timestamps are malformed")
     if "d" in raw:
         return Entry(raw["d"], float(created_at), expires_at)

@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asynccache.flush")
 
 OVERFLOW_POLICIES = ("wait", "drop")
+
+# Every live queue, so a forked child can forget the parent's worker (see _reset_after_fork).
+_QUEUES: weakref.WeakSet[FlushQueue] = weakref.WeakSet()
 
 
 class FlushQueue:
@@ -80,6 +86,20 @@ class FlushQueue:
         self._space_waiters: list[concurrent.futures.Future[None]] = []
         self._worker: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        _QUEUES.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # In a forked child the worker task and its loop are copies that will never run
+        # again, and the lock may have been copied while another thread held it. Start
+        # afresh, keeping every accepted entry (in-flight ones go back to pending: the
+        # child's own copy of the store may need them too).
+        self._lock = threading.Lock()
+        self._pending = {**self._inflight, **self._pending}
+        self._inflight = {}
+        self._inflight_done = []
+        self._space_waiters = []
+        self._worker = None
+        self._wake = None
 
     # -- what callers see -------------------------------------------------------------
 
@@ -168,12 +188,21 @@ class FlushQueue:
     # -- the worker -------------------------------------------------------------------
 
     def _ensure_worker(self, wake: bool = False) -> None:
-        worker = self._worker
-        if worker is not None and not worker.done() and not worker.get_loop().is_closed():
-            if wake:
-                self._wake_worker()
-            return
         loop = asyncio.get_running_loop()
+        worker = self._worker
+        if worker is not None and not worker.done():
+            worker_loop = worker.get_loop()
+            if worker_loop is loop or worker_loop.is_running():
+                if wake:
+                    self._wake_worker()
+                return
+            # The worker's loop is closed or not running now (a loop driven by
+            # run_until_complete between calls, then sync twins on the bridge): it cannot
+            # flush, so this loop takes over. The old worker is cancelled when its loop
+            # runs again; a batch it had in flight goes back to the queue.
+            if not worker_loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    worker_loop.call_soon_threadsafe(worker.cancel)
         self._wake = asyncio.Event()
         self._wake.set()
         self._worker = loop.create_task(self._work(), name="asynccache-flush")
@@ -195,34 +224,52 @@ class FlushQueue:
     async def _work(self) -> None:
         wake = self._wake
         assert wake is not None
+        loop = asyncio.get_running_loop()
         while True:
             await wake.wait()
             wake.clear()
-            with self._lock:
-                waiting = len(self._pending)
-            if waiting == 0:
+            if not self._pending_count():
                 continue
-            if waiting < self.flush_size:
-                # Give the batch up to flush_interval to fill; a full batch wakes us early.
+            # One cycle: full batches go at once; what is left waits until flush_interval
+            # after the cycle began (so no entry waits longer than that), then goes as one
+            # partial batch. Sending the remainder of every full batch at once would double
+            # the round trips under a steady stream of writes.
+            deadline = loop.time() + self.flush_interval
+            while True:
+                while await self._flush_batch(full_only=True):
+                    pass
+                if not self._pending_count():
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    await self._flush_batch()
+                    if self._pending_count():
+                        # Entries that arrived during that flush, or keys still in flight
+                        # elsewhere: a new cycle.
+                        deadline = loop.time() + self.flush_interval
+                    else:
+                        break
+                    continue
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.flush_interval)
+                    await asyncio.wait_for(wake.wait(), remaining)
                 wake.clear()
-            while await self._flush_batch(full_only=True):
-                pass
-            with self._lock:
-                leftover = bool(self._pending)
-            if leftover:
-                await self._flush_batch()
-                with self._lock:
-                    if self._pending:
-                        wake.set()
+
+    def _pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
     async def _flush_batch(self, full_only: bool = False) -> bool:
         """Send one batch; return whether anything was sent."""
         with self._lock:
-            if not self._pending or (full_only and len(self._pending) < self.flush_size):
+            # A key whose older write is still in flight stays queued until that write has
+            # landed: sending both at once (drain() next to the worker) could let the
+            # older value arrive last and overwrite the newer one.
+            inflight = self._inflight
+            keys = list(itertools.islice(
+                (key for key in self._pending if key not in inflight), self.flush_size
+            ))
+            if not keys or (full_only and len(keys) < self.flush_size):
                 return False
-            keys = list(self._pending)[: self.flush_size]
             batch = [self._pending.pop(key) for key in keys]
             for item in batch:
                 self._inflight[item[0]] = item
@@ -274,3 +321,12 @@ class FlushQueue:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _reset_queues_after_fork() -> None:
+    for queue in list(_QUEUES):
+        queue._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_queues_after_fork)

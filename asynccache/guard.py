@@ -130,6 +130,7 @@ class GuardedBackend:
         if not self.breaker.allow():
             self.stats.add("skipped_open_circuit", skipped)
             return False, fallback
+        started = time.perf_counter()
         try:
             if self.timeout is None:
                 result = await make()
@@ -139,10 +140,12 @@ class GuardedBackend:
             else:  # pragma: no cover - Python 3.10
                 result = await asyncio.wait_for(make(), self.timeout)
         except Exception as exc:
+            self.stats.observe(operation, time.perf_counter() - started)
             self.stats.add("timeouts" if isinstance(exc, TimeoutError) else "errors")
             self.breaker.record_failure()
             self.log.error(operation, self.backend.name, exc)
             return False, fallback
+        self.stats.observe(operation, time.perf_counter() - started)
         self.breaker.record_success()
         return True, result
 

@@ -67,7 +67,9 @@ def _canonical_default(obj: Any) -> Any:
 
 
 def _normalise_number(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
+    # Only within the integer range orjson can write: a huge integral float (1.8e19)
+    # would otherwise become an int too large to serialise and break key building.
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**64:
         return int(value)
     return value
 

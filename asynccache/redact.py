@@ -24,6 +24,10 @@ def redact(text: str) -> str:
     return text
 
 
-def mask(value: object) -> str:
-    """How a secret setting is shown: ``'***'`` when set, ``None`` otherwise."""
-    return "None" if value is None else "'***'"
+def mask(value: object) -> str | None:
+    """How a secret setting is shown: ``"***"`` when set, ``None`` when not.
+
+    >>> mask("hunter2"), mask(None)
+    ('***', None)
+    """
+    return None if value is None else "***"
