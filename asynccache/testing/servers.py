@@ -176,3 +176,120 @@ def running(*processes: ManagedProcess) -> Iterator[tuple[ManagedProcess, ...]]:
         for proc in processes:
             proc.stop()
             shutil.rmtree(proc.workdir, ignore_errors=True)
+
+
+@dataclass
+class ValkeyCluster:
+    """A Redis Cluster of valkey-server processes on 127.0.0.1; ``stop()`` ends them all."""
+
+    nodes: list[ManagedProcess]
+    primaries: int
+    workdir: Path
+
+    @property
+    def startup_nodes(self) -> list[dict[str, object]]:
+        """``[{"host": "127.0.0.1", "port": P}, ...]`` for every node."""
+        return [{"host": HOST, "port": node.port} for node in self.nodes]
+
+    def node_by_port(self, port: int) -> ManagedProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _cluster_call(port: int, *args: object) -> object:
+    import redis  # the redis extra; only the cluster helper needs it
+
+    with redis.Redis(host=HOST, port=port, socket_timeout=5, decode_responses=True) as client:
+        return client.execute_command(*args)
+
+
+def wait_cluster_ok(ports: Sequence[int], timeout: float = 30.0, replicas: int = 0) -> None:
+    """Block until every node says ``cluster_state:ok`` and sees every replica attached."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            states = [str(_cluster_call(port, "CLUSTER", "INFO")) for port in ports]
+            ok = all("cluster_state:ok" in state for state in states)
+            if ok and replicas:
+                nodes = str(_cluster_call(ports[0], "CLUSTER", "NODES"))
+                attached = sum(
+                    1 for line in nodes.splitlines()
+                    if " slave " in f" {line.split()[2].replace(',', ' ')} "
+                    and line.split()[7] == "connected"
+                )
+                ok = attached >= replicas
+            if ok:
+                return
+            last = states[0]
+        except Exception as exc:  # keep polling until the deadline
+            last = repr(exc)
+        time.sleep(0.05)
+    raise ServiceUnavailable(f"cluster did not reach cluster_state:ok within {timeout} s: {last}")
+
+
+def start_valkey_cluster(primaries: int = 3, replicas: int = 1, *,
+                         node_timeout_ms: int = 2000, workdir: Path | None = None,
+                         ready_timeout: float = 30.0) -> ValkeyCluster:
+    """Start ``primaries * (1 + replicas)`` valkey-server nodes and form a cluster.
+
+    Every node binds to 127.0.0.1 with its bus on a separate free port
+    (``--cluster-port``); slots are split evenly over the primaries and each primary gets
+    ``replicas`` replicas. Returns once every node reports ``cluster_state:ok``.
+    """
+    root = workdir or Path(tempfile.mkdtemp(prefix="asynccache-cluster-"))
+    count = primaries * (1 + replicas)
+    nodes: list[ManagedProcess] = []
+    cluster = ValkeyCluster(nodes, primaries, root)
+    try:
+        for index in range(count):
+            bus = free_port()
+            folder = root / f"node{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            nodes.append(start_valkey(
+                folder, search=False, name=f"valkey-cluster-{index}",
+                extra_args=["--cluster-enabled", "yes",
+                            "--cluster-config-file", str(folder / "nodes.conf"),
+                            "--cluster-port", str(bus),
+                            "--cluster-node-timeout", str(node_timeout_ms)],
+            ))
+        first = nodes[0].port
+        for node in nodes[1:]:
+            _cluster_call(node.port, "CLUSTER", "MEET", HOST, str(first),
+                          str(_bus_port(first)))
+        per = 16384 // primaries
+        for index, node in enumerate(nodes[:primaries]):
+            start = index * per
+            end = 16383 if index == primaries - 1 else start + per - 1
+            _cluster_call(node.port, "CLUSTER", "ADDSLOTSRANGE", str(start), str(end))
+        ids = [str(_cluster_call(node.port, "CLUSTER", "MYID")) for node in nodes]
+        deadline = time.monotonic() + ready_timeout
+        for index, node in enumerate(nodes[primaries:]):
+            primary_id = ids[index % primaries]
+            while True:
+                try:
+                    _cluster_call(node.port, "CLUSTER", "REPLICATE", primary_id)
+                    break
+                except Exception:
+                    # The replica has not heard of that primary yet (gossip in progress).
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        wait_cluster_ok([n.port for n in nodes], ready_timeout, replicas=primaries * replicas)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _bus_port(port: int) -> int:
+    config = _cluster_call(port, "CONFIG", "GET", "cluster-port")
+    if isinstance(config, list) and len(config) == 2:
+        return int(config[1])
+    if isinstance(config, dict):
+        return int(next(iter(config.values())))
+    raise ServiceUnavailable(f"cannot read cluster-port of node {port}: {config!r}")
