@@ -146,45 +146,68 @@ class CacheHit:
 
 
 class _ReadCoalescer:
-    """Merges the single-key reads of one loop tick into one batch read per loop."""
+    """Merges the single-key reads of one loop tick into one batch read, per event loop.
+
+    The first get of a tick becomes the batch's leader: it yields to the loop once, so
+    every task already scheduled in this tick can add its key, then sends the whole
+    batch itself (one ``MGET``) and hands each waiter its own result. A lone get pays
+    one loop iteration, and no extra task is created.
+    """
 
     def __init__(self, fetch: Callable[[Sequence[str]], Any], max_batch: int) -> None:
         self._fetch = fetch
         self._max_batch = max_batch
         self._batches: dict[asyncio.AbstractEventLoop, dict[str, list[asyncio.Future[Any]]]] = {}
+        self._handovers: set[asyncio.Task[None]] = set()
 
     async def get(self, key: str) -> bytes | None:
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
-        if batch is None:
-            batch = self._batches[loop] = {}
-            loop.call_soon(self._dispatch, loop)
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        waiters = batch.get(key)
-        if waiters is None:
-            batch[key] = [future]
-        else:
-            waiters.append(future)
-        return await future
-
-    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._batches.pop(loop, {})
+        if batch is not None and len(batch) < self._max_batch:
+            future: asyncio.Future[bytes | None] = loop.create_future()
+            waiters = batch.get(key)
+            if waiters is None:
+                batch[key] = [future]
+            else:
+                waiters.append(future)
+            return await future
+        batch = self._batches[loop] = {key: []}
+        try:
+            await asyncio.sleep(0)
+        finally:
+            if self._batches.get(loop) is batch:
+                del self._batches[loop]
         keys = list(batch)
-        for start in range(0, len(keys), self._max_batch):
-            chunk = keys[start : start + self._max_batch]
-            loop.create_task(self._run(chunk, batch))
-
-    async def _run(self, keys: list[str], batch: dict[str, list[asyncio.Future[Any]]]) -> None:
         try:
             found = await self._fetch(keys)
         except BaseException as exc:
+            followers = [f for k in keys for f in batch[k] if not f.done()]
+            if isinstance(exc, asyncio.CancelledError) and followers:
+                # The leader was cancelled: its followers still get their answers.
+                handover = loop.create_task(self._finish(keys, batch))
+                self._handovers.add(handover)
+                handover.add_done_callback(self._handovers.discard)
+            else:
+                for follower in followers:
+                    follower.set_exception(exc) if isinstance(exc, Exception) else follower.cancel()
+            raise
+        self._deliver(keys, found, batch)
+        return found[0]
+
+    async def _finish(self, keys: list[str], batch: dict[str, list[asyncio.Future[Any]]]) -> None:
+        try:
+            found = await self._fetch(keys)
+        except Exception as exc:
             for key in keys:
                 for future in batch[key]:
                     if not future.done():
-                        future.set_exception(exc) if isinstance(exc, Exception) else future.cancel()
-            if not isinstance(exc, Exception):
-                raise
+                        future.set_exception(exc)
             return
+        self._deliver(keys, found, batch)
+
+    @staticmethod
+    def _deliver(keys: list[str], found: Sequence[bytes | None],
+                 batch: dict[str, list[asyncio.Future[Any]]]) -> None:
         for key, data in zip(keys, found, strict=True):
             for future in batch[key]:
                 if not future.done():
@@ -303,30 +326,56 @@ class BaseCache:
             found[index] = data
         return found
 
+    def _decode_many(self, found: Sequence[bytes | None], namespace: str | None,
+                     max_age: float | None, now: float) -> list[envelope.Entry | None]:
+        """Decode a batch of stored bytes into live entries; misses are ``None``.
+
+        Undecodable, expired and too-old entries are misses. Counters are added once per
+        batch rather than per item (the stats lock is the hot spot of large batch gets).
+        """
+        entries: list[envelope.Entry | None] = []
+        hits = corrupt = expired = size = 0
+        decode = envelope.decode
+        for data in found:
+            if data is None:
+                entries.append(None)
+                continue
+            try:
+                entry = decode(data)
+            except envelope.CorruptEntry:
+                corrupt += 1
+                entries.append(None)
+                continue
+            if entry.expires_at is not None and now >= entry.expires_at:
+                expired += 1
+                entries.append(None)
+            elif (max_age is not None and entry.created_at is not None
+                  and now - entry.created_at > max_age):
+                entries.append(None)
+            else:
+                hits += 1
+                size += len(data)
+                entries.append(entry)
+        stats = self._stats
+        if hits:
+            stats.add("hits", hits, namespace=namespace)
+            stats.add("bytes_read", size)
+        if hits < len(entries):
+            stats.add("misses", len(entries) - hits, namespace=namespace)
+        if corrupt:
+            stats.add("corrupt_entries", corrupt)
+        if expired:
+            stats.add("expired", expired)
+        return entries
+
     def _to_hit(self, stored_key: str, data: bytes | None, namespace: str | None,
                 max_age: float | None, now: float) -> CacheHit | None:
-        stats = self._stats
-        if data is None:
-            stats.add("misses", namespace=namespace)
-            return None
-        try:
-            entry = envelope.decode(data)
-        except envelope.CorruptEntry:
-            stats.add("corrupt_entries")
-            stats.add("misses", namespace=namespace)
-            return None
-        if entry.is_expired(now):
-            stats.add("expired")
-            stats.add("misses", namespace=namespace)
-            return None
-        age = entry.age(now)
-        if max_age is not None and age is not None and age > max_age:
-            stats.add("misses", namespace=namespace)
-            return None
-        stats.add("hits", namespace=namespace)
-        stats.add("bytes_read", len(data))
-        return CacheHit(entry.value, stored_key, entry.created_at, entry.expires_at, age,
-                        self.backend.name)
+        entry = self._decode_many([data], namespace, max_age, now)[0]
+        return None if entry is None else self._hit(stored_key, entry, now)
+
+    def _hit(self, stored_key: str, entry: envelope.Entry, now: float) -> CacheHit:
+        return CacheHit(entry.value, stored_key, entry.created_at, entry.expires_at,
+                        entry.age(now), self.backend.name)
 
     async def async_get_entry(
         self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
@@ -342,6 +391,15 @@ class BaseCache:
         data = (await self._read_many([stored]))[0]
         return self._to_hit(stored, data, ns, max_age, self.clock())
 
+    async def _get_value(self, key: str, namespace: str | NotGiven | None,
+                         max_age: float | None) -> Any:
+        # The hot path of async_get_cache: no CacheHit is built for a plain value.
+        self._check_open()
+        ns = self._namespace(namespace)
+        data = (await self._read_many([self._stored_key(key, ns)]))[0]
+        entry = self._decode_many([data], ns, max_age, self.clock())[0]
+        return None if entry is None else entry.value
+
     async def async_get_cache(
         self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
@@ -351,8 +409,7 @@ class BaseCache:
         A backend failure, an expired entry or an entry that cannot be decoded is a miss
         (and counted in :meth:`stats`), never an exception.
         """
-        hit = await self.async_get_entry(key, namespace=namespace, max_age=max_age)
-        return None if hit is None else hit.value
+        return await self._get_value(key, namespace, max_age)
 
     async def async_batch_get_entries(
         self, keys: Sequence[str], *, namespace: str | NotGiven | None = NOT_GIVEN,
@@ -364,15 +421,20 @@ class BaseCache:
         stored = [self._stored_key(key, ns) for key in keys]
         found = await self._read_many(stored)
         now = self.clock()
-        return [self._to_hit(s, d, ns, max_age, now) for s, d in zip(stored, found, strict=True)]
+        entries = self._decode_many(found, ns, max_age, now)
+        return [None if e is None else self._hit(s, e, now)
+                for s, e in zip(stored, entries, strict=True)]
 
     async def async_batch_get_cache(
         self, keys: Sequence[str], *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
     ) -> list[Any]:
         """One value (or ``None``) per key, order kept, in one batch read (one ``MGET``)."""
-        hits = await self.async_batch_get_entries(keys, namespace=namespace, max_age=max_age)
-        return [None if hit is None else hit.value for hit in hits]
+        self._check_open()
+        ns = self._namespace(namespace)
+        found = await self._read_many([self._stored_key(key, ns) for key in keys])
+        entries = self._decode_many(found, ns, max_age, self.clock())
+        return [None if entry is None else entry.value for entry in entries]
 
     # -- writes -------------------------------------------------------------------------
 
@@ -513,7 +575,10 @@ class BaseCache:
         self._check_open()
         ns = self._namespace(namespace)
         stored = self._stored_key(key, ns)
-        native = await self._guard.call("get_ttl", lambda: self.backend.get_ttl(stored), None)
+        queued = self._queue.lookup(stored) if self._queue is not None else None
+        native = NOT_GIVEN if queued is not None else await self._guard.call(
+            "get_ttl", lambda: self.backend.get_ttl(stored), None
+        )
         if native is not NOT_GIVEN:
             return native
         data = (await self._read_many([stored]))[0]

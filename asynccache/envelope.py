@@ -48,15 +48,30 @@ class CorruptEntry(ValueError):
     """Stored bytes that are not an asynccache entry (internal: callers see a miss)."""
 
 
-def _find_non_finite(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if depth > 300:
-        return False
-    if isinstance(value, dict):
-        return any(_find_non_finite(item, depth + 1) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_find_non_finite(item, depth + 1) for item in value)
+def _find_non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or an infinity anywhere (iterative, no recursion).
+
+    Exact-type checks first: strings and ints, most of a completion, cost one
+    comparison each.
+    """
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is dict:
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            extend(item.values())
+        elif isinstance(item, list | tuple):
+            extend(item)
     return False
 
 

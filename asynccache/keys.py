@@ -10,6 +10,7 @@ give the same key.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import io
 import os
@@ -156,6 +157,7 @@ def encode_namespace(namespace: str) -> str:
     return quote(namespace, safe="", errors="surrogatepass")
 
 
+@functools.lru_cache(maxsize=4096)
 def namespace_prefix(namespace: str | None) -> str:
     """The stored-key prefix of a namespace (empty for no namespace)."""
     return "" if namespace is None else encode_namespace(namespace) + ":"

@@ -1,0 +1,362 @@
+"""Turn benchmark results into ratios, a terminal table, JSON, Markdown and a PNG chart.
+
+Roles: a library whose name starts with ``asynccache`` is ours; ``extra["role"] ==
+"limit"`` (or ``(limit)`` in the name) marks the raw limit (plain dict, raw client);
+everything else is a peer. In each scenario the first asynccache row is the reference:
+
+* ``asynccache_x`` on a peer or limit row: how many times faster the reference is
+  (``benchmarks._measure.ratio(reference, row)``; below 1 means slower);
+* ``of_limit`` on an asynccache row: its ops/s as a fraction of the limit's.
+
+Footprint rows (``extra["bytes_per_entry"]``) compare memory instead: ``asynccache_x``
+is the row's bytes per entry over the reference's (above 1: asynccache uses less).
+
+``python -m benchmarks.report benchmarks/results/latest.json [--markdown] [--png F]``
+re-renders a saved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._measure import Result, ratio
+
+#: Library names (lower case) that are raw clients or plain structures: the limit.
+LIMIT_PREFIXES = ("dict", "raw", "redis.asyncio", "sha256(")
+
+
+def _asynccache_types() -> frozenset[str]:
+    try:
+        from asynccache.registry import cache_types
+    except ImportError:  # pragma: no cover - the harness always has the package
+        return frozenset()
+    return frozenset(cache_types())
+
+
+def role(result: Result) -> str:
+    """``"asynccache"``, ``"limit"`` or ``"peer"``.
+
+    ``extra["role"]`` decides when given (``"asynccache"``, ``"limit"``, ``"peer"``);
+    otherwise a name starting with ``asynccache`` or equal to an asynccache cache type
+    (``redis-semantic``...) is ours, a raw client or plain structure (``dict``,
+    ``raw...``, ``redis.asyncio``, or ``(limit)`` in the name) is the limit.
+    """
+    name = result.library.lower()
+    declared = result.extra.get("role")
+    if name.startswith("asynccache") or name in _asynccache_types():
+        return "asynccache"
+    if declared in {"asynccache", "limit", "peer"}:
+        return str(declared)
+    if "(limit)" in name or name.startswith(LIMIT_PREFIXES):
+        return "limit"
+    return "peer"
+
+
+def _by_scenario(results: Iterable[Result]) -> dict[str, list[Result]]:
+    grouped: dict[str, list[Result]] = {}
+    for result in results:
+        grouped.setdefault(result.scenario, []).append(result)
+    return grouped
+
+
+def _is_footprint(result: Result) -> bool:
+    return "bytes_per_entry" in result.extra
+
+
+def compute_ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """One row per result: its role and its ratio to the scenario's reference and limit."""
+    rows: list[dict[str, Any]] = []
+    for scenario, group in _by_scenario(results).items():
+        ours = [r for r in group if role(r) == "asynccache"]
+        reference = ours[0] if ours else None
+        # An asynccache row marked as the limit (the await path in the sync-shim
+        # scenario) is the limit there.
+        limits = [r for r in group if r.extra.get("role") == "limit" or role(r) == "limit"]
+        limit = limits[0] if limits else None
+        for result in group:
+            row: dict[str, Any] = {"scenario": scenario, "library": result.library,
+                                   "role": role(result), "reference": None,
+                                   "asynccache_x": None, "of_limit": None}
+            if reference is not None and result is not reference:
+                row["reference"] = reference.library
+                if _is_footprint(result):
+                    ours_bytes = reference.extra["bytes_per_entry"]
+                    row["asynccache_x"] = (result.extra["bytes_per_entry"] / ours_bytes
+                                           if ours_bytes else None)
+                else:
+                    row["asynccache_x"] = ratio(reference, result)
+            if row["role"] == "asynccache" and limit is not None and result is not limit:
+                if _is_footprint(result):
+                    theirs = result.extra["bytes_per_entry"]
+                    row["of_limit"] = limit.extra["bytes_per_entry"] / theirs if theirs else None
+                else:
+                    row["of_limit"] = ratio(result, limit)
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from a backend issue: asynccache's ops/s over a rival's, same scenario."""
+
+    scenario: str
+    rival: str
+    minimum: float
+    source: str
+    rival_scenario: str | None = None  # compare with another scenario's row when set
+    ours: str = "asynccache"  # library-name prefix of the asynccache row to compare
+
+
+#: Targets set by the backend issues. Scenario and library names are those the bench
+#: modules report; a target whose rows are missing is "not measured".
+TARGETS: tuple[Target, ...] = (
+    Target("get x64 tasks", "redis.asyncio", 4.0,
+           "redis: 64-task GET >= 4x raw one-by-one GET (coalescing)"),
+    Target("pipeline 1000 sets", "redis.asyncio", 1.0,
+           "redis: pipelined set >= 1.0x raw pipeline"),
+    Target("mget 1000", "redis.asyncio", 0.9, "redis: MGET >= 0.9x raw"),
+    Target("s3 batch", "litellm", 5.0, "blob: >= 5x litellm S3Cache batch throughput",
+           ours="asynccache c=64"),
+    Target("s3+", "litellm", 5.0,
+           "blob: >= 5x litellm S3Cache batch throughput (with S3-like latency)",
+           ours="asynccache c=64"),
+)
+
+
+def check_targets(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """Each target with the measured ratio and ``met`` / ``unmet`` / ``not measured``.
+
+    A target's ``scenario`` matches every scenario that starts with it (``s3 batch``
+    covers ``s3 batch get 100``...); each match is checked.
+    """
+    checked: list[dict[str, Any]] = []
+    grouped = _by_scenario(results)
+    for target in TARGETS:
+        matches = [name for name in grouped if name.lower().startswith(target.scenario)]
+        if not matches:
+            checked.append({"target": target.source, "scenario": target.scenario,
+                            "ratio": None, "minimum": target.minimum,
+                            "status": "not measured"})
+            continue
+        for name in matches:
+            group = grouped[name]
+            ours = next((r for r in group if r.library.lower().startswith(target.ours)),
+                        None) or next((r for r in group if role(r) == "asynccache"), None)
+            pool = grouped.get(target.rival_scenario or name, [])
+            rival = next((r for r in pool if r.library.lower().startswith(target.rival)),
+                         None)
+            value = ratio(ours, rival) if ours is not None and rival is not None else None
+            status = ("not measured" if value is None
+                      else "met" if value >= target.minimum else "unmet")
+            checked.append({"target": target.source, "scenario": name, "ratio": value,
+                            "minimum": target.minimum, "status": status})
+    return checked
+
+
+def _fmt_rate(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:,.2f} M"
+    if value >= 1e4:
+        return f"{value / 1e3:,.1f} k"
+    return f"{value:,.0f}"
+
+
+def _fmt_x(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}x" if value < 10 else f"{value:,.0f}x"
+
+
+def ordered(results: Iterable[Result]) -> list[Result]:
+    """Results grouped by scenario (first appearance order), run order inside each."""
+    return [r for group in _by_scenario(results).values() for r in group]
+
+
+def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    """The cells of the results table, grouped by scenario."""
+    ratios = {(r["scenario"], r["library"]): r for r in compute_ratios(results)}
+    rows: list[list[str]] = []
+    for result in ordered(results):
+        info = ratios[(result.scenario, result.library)]
+        if _is_footprint(result):
+            extra = result.extra
+            rate = f"{extra['bytes_per_entry']:,.0f} B/entry"
+            per_op = f"({extra.get('method', '?')})"
+            if "rss_bytes_per_entry" in extra:
+                spread = f"rss {extra['rss_bytes_per_entry']:,.0f} B"
+            else:
+                spread = f"payload {extra.get('payload_bytes', '?')} B"
+        else:
+            rate = _fmt_rate(result.ops_per_s)
+            per_op = f"{result.median_s / result.ops * 1e6:,.2f}"
+            low = result.ops / result.max_s if result.max_s else float("inf")
+            high = result.ops / result.min_s if result.min_s else float("inf")
+            spread = f"{_fmt_rate(low)}-{_fmt_rate(high)}"
+        lag = "" if result.loop_lag_p99_ms is None else f"{result.loop_lag_p99_ms:.2f}"
+        rows.append([result.scenario, result.library, info["role"], rate, per_op, spread, lag,
+                     _fmt_x(info["asynccache_x"]), _fmt_x(info["of_limit"])])
+    return rows
+
+
+HEADERS = ["scenario", "library", "role", "ops/s", "µs/op", "min-max ops/s",
+           "loop lag p99 ms", "asynccache x", "of limit"]
+
+
+def rich_table(results: Sequence[Result]) -> Any:
+    """A ``rich.table.Table`` of the results (asynccache rows in bold)."""
+    from rich.table import Table
+
+    table = Table(title="asynccache benchmarks", show_lines=False)
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header in {"scenario", "library", "role"}
+                         else "right", no_wrap=header != "scenario")
+    previous = None
+    for cells in table_rows(results):
+        if previous is not None and cells[0] != previous:
+            table.add_section()
+        previous = cells[0]
+        shown = [cells[0] if cells[0] != "" else "", *cells[1:]]
+        table.add_row(*shown, style="bold" if cells[2] == "asynccache" else None)
+    table.caption = ("asynccache x: how many times faster the scenario's first asynccache row "
+                     "is (memory: how many times more bytes the row uses); of limit: fraction "
+                     "of the raw limit's ops/s")
+    return table
+
+
+def targets_text(results: Sequence[Result]) -> list[str]:
+    """One line per measured target (none when no target's scenario ran)."""
+    lines = []
+    for row in check_targets(results):
+        if row["status"] == "not measured":
+            continue
+        lines.append(f"target {row['status'].upper():5s} {row['scenario']}: "
+                     f"{row['ratio']:.2f}x (need >= {row['minimum']}x) - {row['target']}")
+    return lines
+
+
+def markdown_table(results: Sequence[Result]) -> str:
+    """The results as a Markdown table (for the README)."""
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for cells in table_rows(results):
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def plain_table(results: Sequence[Result]) -> str:
+    """The results as fixed-width text (when rich is not installed)."""
+    rows = [HEADERS, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def to_json(results: Sequence[Result], *, notes: Sequence[str] = (),
+            meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a run produced, JSON-ready."""
+    return {
+        **(meta or {}),
+        "results": [{**r.as_dict(), "role": role(r)} for r in results],
+        "ratios": compute_ratios(results),
+        "targets": check_targets(results),
+        "notes": list(notes),
+    }
+
+
+def from_json(data: dict[str, Any]) -> list[Result]:
+    """Results back from :func:`to_json`'s output."""
+    fields = ("scenario", "library", "ops", "median_s", "min_s", "max_s", "loop_lag_p99_ms",
+              "extra")
+    return [Result(**{k: row[k] for k in fields if k in row}) for row in data["results"]]
+
+
+def plot(results: Sequence[Result], path: Path) -> Path:
+    """PNG chart: ops/s per scenario per library (log scale), memory per entry beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = [r for r in results if not _is_footprint(r)]
+    memory = [r for r in results if _is_footprint(r)]
+    panels = [p for p in (speed, memory) if p]
+    if not panels:
+        raise ValueError("no results to plot")
+    # asynccache in red, the limit in grey, each peer in its own colour across panels.
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+               "#17becf"]
+    peers = list(dict.fromkeys(r.library for r in results if role(r) == "peer"))
+    colours = {lib: palette[i % len(palette)] for i, lib in enumerate(peers)}
+    for r in results:
+        if role(r) == "asynccache":
+            colours[r.library] = "#d62728"
+        elif role(r) == "limit":
+            colours[r.library] = "#7f7f7f"
+    heights = [max(3.0, 0.28 * len(p) + 0.5 * len(_by_scenario(p))) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 1),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        footprint = panel is memory
+        labels: list[str] = []
+        values: list[float] = []
+        bar_colours: list[Any] = []
+        ticks: list[float] = []
+        position = 0.0
+        positions: list[float] = []
+        for scenario, group in _by_scenario(panel).items():
+            for result in group:
+                positions.append(position)
+                values.append(result.extra["bytes_per_entry"] if footprint
+                              else result.ops_per_s)
+                labels.append(f"{scenario} | {result.library}")
+                bar_colours.append(colours[result.library])
+                ticks.append(position)
+                position += 1
+            position += 0.8
+        ax.barh(positions, values, color=bar_colours)
+        ax.set_yticks(ticks, labels, fontsize=7)
+        ax.invert_yaxis()
+        if not footprint:
+            ax.set_xscale("log")
+        ax.set_xlabel("bytes per entry (lower is better)" if footprint
+                      else "operations per second (log scale, higher is better)")
+        ax.grid(axis="x", which="both", alpha=0.3)
+        ax.set_title("memory per entry" if footprint
+                     else "throughput (red: asynccache, grey: raw limit)", fontsize=9)
+        for pos, value in zip(positions, values, strict=True):
+            text = f"{value:,.0f} B" if footprint else _fmt_rate(value)
+            ax.text(value, pos, " " + text, va="center", fontsize=6)
+    fig.suptitle("asynccache vs peers and the raw limit (same run)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="re-render saved benchmark results")
+    parser.add_argument("json_file", type=Path)
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--png", type=Path, help="write the chart to this file")
+    args = parser.parse_args(argv)
+    data = json.loads(args.json_file.read_text())
+    results = from_json(data)
+    if args.markdown:
+        print(markdown_table(results))
+    else:
+        print(plain_table(results))
+    for line in targets_text(results):
+        print(line)
+    if args.png:
+        plot(results, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``asynccache demo``: the simulated workload, its figures and its table."""
+
+from __future__ import annotations
+
+import pytest
+
+from asynccache.demo import FakeModel, build_workload, format_report, run_demo
+
+FAST = {"min_latency": 0.001, "max_latency": 0.004}
+
+
+def test_workload_is_seeded_and_repeats_popular_requests():
+    first, again, other = build_workload(50, 3), build_workload(50, 3), build_workload(50, 4)
+    assert first == again
+    assert first != other
+    questions = [r["messages"][-1]["content"] for r in first]
+    assert len(set(questions)) < len(questions)  # some repeat
+    with pytest.raises(ValueError, match="calls"):
+        build_workload(0, 1)
+
+
+def test_fake_model_latency_is_per_request_and_in_range():
+    model = FakeModel(seed=1, min_latency=0.05, max_latency=0.3)
+    messages = [{"role": "user", "content": "hi"}]
+    latency = model.latency("m", messages, 0.0)
+    assert 0.05 <= latency <= 0.3
+    assert model.latency("m", messages, 0.0) == latency
+    assert model.latency("m", [{"role": "user", "content": "hello"}], 0.0) != latency
+    with pytest.raises(ValueError, match="min_latency"):
+        FakeModel(min_latency=0.3, max_latency=0.1)
+
+
+@pytest.mark.parametrize("use_wrapper", [True, False])
+async def test_demo_hits_and_table(use_wrapper):
+    report = await run_demo(40, 5, concurrency=4, use_wrapper=use_wrapper, **FAST)
+    assert report.calls == 40
+    assert report.hits + report.coalesced + report.misses == 40
+    assert report.hit_rate > 0
+    assert report.model_calls_without_cache == 40
+    assert report.model_calls_with_cache == report.misses
+    assert report.model_calls_with_cache >= report.distinct_requests
+    assert report.answers_match
+    assert report.cache_stats["hits"] >= report.hits
+    if report.via.startswith("cached"):
+        # Single-flight: each distinct request reaches the model exactly once.
+        assert report.model_calls_with_cache == report.distinct_requests
+    else:
+        assert report.coalesced == 0
+    table = format_report(report)
+    for label in ("calls", "cache hits", "misses", "hit rate", "wall time", "speed-up"):
+        assert label in table
+    assert f"{report.hit_rate:.1%}" in table
+
+
+async def test_demo_rejects_bad_concurrency():
+    with pytest.raises(ValueError, match="concurrency"):
+        await run_demo(5, 1, concurrency=0, **FAST)
