@@ -1,9 +1,16 @@
-"""What asynccache stores: an envelope around the value, encoded with orjson.
+"""What asynccache stores: a small fixed header, then the value encoded with orjson.
 
-An envelope is the JSON object ``{"v": 1, "c": created_at, "e": expires_at, "d": value}``
-(``"b"`` holds base64 instead of ``"d"`` when the value is ``bytes``). Keeping created-at
-and expires-at inside the entry lets every backend answer ``s-maxage`` and TTL questions
-the same way, including object stores that have no native expiry.
+An entry is ``header + payload``. The 21-byte header is ``b"\x00AC"``, the format
+version, a flags byte, created-at and expires-at (little-endian float64 seconds). The
+payload is the value's orjson bytes, or the raw bytes when the value is ``bytes`` (no
+base64). Keeping created-at and expires-at inside the entry lets every backend answer
+``s-maxage`` and TTL questions the same way, including object stores that have no native
+expiry.
+
+Why a binary header rather than a JSON object around the value: decoding then parses
+only the value (no wrapper dict to build and check), reading the expiry never parses the
+value, and ``header + payload`` is a fresh exact-size ``bytes``. The leading NUL byte can
+never start JSON text, so an entry can never be mistaken for a counter or for foreign data.
 
 Counters written by :meth:`BaseCache.async_increment` are stored as bare JSON numbers so
 stores with an atomic increment (Redis ``INCRBYFLOAT``) can update them in place; a bare
@@ -12,9 +19,8 @@ number decodes as a value with no timestamps.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +28,12 @@ import orjson
 
 from .exceptions import SerializationError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAGIC = b"\x00AC"
+_HEADER = struct.Struct("<3sBBdd")
+HEADER_SIZE = _HEADER.size
+_HAS_EXPIRY = 1
+_IS_BYTES = 2
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -76,62 +87,68 @@ def _find_non_finite(value: Any) -> bool:
 
 
 def encode(value: Any, created_at: float, expires_at: float | None, key: str = "") -> bytes:
-    """Encode ``value`` in an envelope; raise :class:`SerializationError` naming ``key``."""
-    envelope: dict[str, Any] = {"v": FORMAT_VERSION, "c": created_at, "e": expires_at}
+    """Encode ``value`` as an entry; raise :class:`SerializationError` naming ``key``."""
+    flags = 0 if expires_at is None else _HAS_EXPIRY
     if isinstance(value, bytes | bytearray | memoryview):
-        envelope["b"] = base64.b64encode(bytes(value)).decode("ascii")
+        payload = bytes(value)
+        flags |= _IS_BYTES
     else:
-        envelope["d"] = value
-    try:
-        data = orjson.dumps(envelope, option=_DUMP_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise SerializationError(
-            f"cannot cache the value for key {key[:200]!r}: {exc} "
-            "(values must be JSON types, bytes, dataclasses or datetimes; "
-            "convert objects, e.g. pydantic models with .model_dump())"
-        ) from exc
-    # orjson writes NaN/Infinity as null, which would silently change the value; the
-    # walk only runs when a null is present at all.
-    if b"null" in data and _find_non_finite(value):
-        raise SerializationError(
-            f"cannot cache the value for key {key[:200]!r}: it contains NaN or Infinity, "
-            "which JSON cannot represent"
-        )
-    return data
+        try:
+            payload = orjson.dumps(value, option=_DUMP_OPTIONS)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise SerializationError(
+                f"cannot cache the value for key {key[:200]!r}: {exc} "
+                "(values must be JSON types, bytes, dataclasses or datetimes; "
+                "convert objects, e.g. pydantic models with .model_dump())"
+            ) from exc
+        # orjson writes NaN/Infinity as null, which would silently change the value; the
+        # scan only runs when a null is present at all.
+        if b"null" in payload and _find_non_finite(value):
+            raise SerializationError(
+                f"cannot cache the value for key {key[:200]!r}: it contains NaN or Infinity, "
+                "which JSON cannot represent"
+            )
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at,
+                          0.0 if expires_at is None else expires_at)
+    return header + payload
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def decode(data: bytes | bytearray | memoryview | str) -> Entry:
+def decode(data: bytes | bytearray | memoryview) -> Entry:
     """Decode stored bytes; raise :class:`CorruptEntry` if they are not an entry."""
+    if data[:3] == MAGIC:
+        if len(data) < HEADER_SIZE:
+            raise CorruptEntry("entry header is truncated")
+        _, version, flags, created_at, expires_at = _HEADER.unpack_from(data)
+        if version != FORMAT_VERSION or flags > (_HAS_EXPIRY | _IS_BYTES):
+            raise CorruptEntry(f"unknown entry format version {version} / flags {flags}")
+        if not (math.isfinite(created_at) and math.isfinite(expires_at)):
+            raise CorruptEntry("entry timestamps are malformed")
+        body = memoryview(data)[HEADER_SIZE:]
+        if flags & _IS_BYTES:
+            value: Any = bytes(body)
+        else:
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise CorruptEntry(f"entry payload is not JSON: {exc}") from exc
+        return Entry(value, created_at, expires_at if flags & _HAS_EXPIRY else None)
+    # Counters are bare JSON numbers (so Redis INCRBYFLOAT can update them in place).
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise CorruptEntry(f"not JSON: {exc}") from exc
+        raise CorruptEntry(f"not an asynccache entry: {exc}") from exc
+    # bool is an int in Python (True == 1): a JSON true is not a counter.
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return Entry(raw, None, None)
-    version = raw.get("v") if isinstance(raw, dict) else None
-    # bool is an int in Python (True == 1): reject it explicitly wherever a number is due.
-    if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise CorruptEntry("not an asynccache envelope of a known version")
-    created_at, expires_at = raw.get("c"), raw.get("e")
-    if not _is_number(created_at) or not (expires_at is None or _is_number(expires_at)):
-        raise CorruptEntry("envelope timestamps are malformed")
-    if "d" in raw:
-        return Entry(raw["d"], float(created_at), expires_at)
-    if isinstance(raw.get("b"), str):
-        try:
-            return Entry(base64.b64decode(raw["b"], validate=True), float(created_at), expires_at)
-        except (binascii.Error, ValueError) as exc:
-            raise CorruptEntry("envelope bytes are not base64") from exc
-    raise CorruptEntry("envelope has no value")
+    raise CorruptEntry("not an asynccache entry (no header)")
 
 
 def peek_expires_at(data: bytes) -> float | None:
-    """The expiry of stored bytes, or ``None`` (no expiry, counter or unreadable)."""
-    try:
-        return decode(data).expires_at
-    except CorruptEntry:
+    """The expiry of stored bytes, or ``None`` (no expiry, counter or unreadable).
+
+    Reads the header only; the value is not parsed.
+    """
+    if len(data) < HEADER_SIZE or data[:3] != MAGIC:
         return None
+    _, _, flags, _, expires_at = _HEADER.unpack_from(data)
+    return expires_at if flags & _HAS_EXPIRY else None

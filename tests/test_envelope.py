@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import orjson
 import pytest
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 from asynccache import SerializationError
 from asynccache.envelope import (
     FORMAT_VERSION,
+    HEADER_SIZE,
+    MAGIC,
     CorruptEntry,
     Entry,
     decode,
@@ -53,7 +56,30 @@ def test_bytes_round_trip_exactly(raw):
 def test_encoded_entry_is_exact_size_bytes_with_a_version():
     data = encode({"a": 1}, 10.0, 20.0)
     assert isinstance(data, bytes)
-    assert orjson.loads(data) == {"v": FORMAT_VERSION, "c": 10.0, "e": 20.0, "d": {"a": 1}}
+    assert data[:3] == MAGIC and data[3] == FORMAT_VERSION
+    assert data[HEADER_SIZE:] == orjson.dumps({"a": 1})  # the payload is plain orjson
+    assert len(data) == HEADER_SIZE + len(orjson.dumps({"a": 1}))
+
+
+def test_encoded_entries_hold_no_spare_buffer():
+    # orjson's own output can keep a growth buffer several times its length; a stored
+    # entry must cost about its length, or max_bytes bounds would be fiction.
+    value = {"content": "é" * 1000, "logprobs": None}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        entries = [encode(value, 1.0, None) for _ in range(500)]
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used / len(entries) < 2 * len(entries[0])
+
+
+def test_unknown_format_version_is_corrupt():
+    data = bytearray(encode({"a": 1}, 10.0, 20.0))
+    data[3] = FORMAT_VERSION + 1
+    with pytest.raises(CorruptEntry, match="version"):
+        decode(bytes(data))
 
 
 def test_entry_ages_and_expiry():
@@ -131,7 +157,7 @@ def test_peek_expires_at_reads_the_expiry():
     assert peek_expires_at(encode("v", 1.0, None)) is None
 
 
-def test_decode_accepts_str_and_memoryview():
+def test_decode_accepts_bytearray_and_memoryview():
     data = encode({"a": "é"}, 1.0, None)
-    assert decode(data.decode()).value == {"a": "é"}
+    assert decode(bytearray(data)).value == {"a": "é"}
     assert decode(memoryview(data)).value == {"a": "é"}

@@ -68,9 +68,6 @@ class MemoryBackend(Backend):
         if len(data) > self.max_bytes:
             return False
         self._remove(key)
-        # orjson's output keeps its larger growth buffer (about 16-32 KB for a 2 KB
-        # entry, seen with tracemalloc); a copy is exact-size, so max_bytes is the truth.
-        data = bytes(memoryview(data))
         self._data[key] = (data, None if ttl is None else now + ttl)
         self._bytes += len(data)
         while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
