@@ -302,6 +302,17 @@ class BaseCache:
 
     # -- reads --------------------------------------------------------------------------
 
+    async def _read_one(self, stored: str) -> bytes | None:
+        # The single-key path of every get: queue first (read-your-writes), then the
+        # coalescer (one MGET per loop tick) or a direct read.
+        if self._queue is not None:
+            queued = self._queue.lookup(stored)
+            if queued is not None:
+                return queued[1]
+        if self._coalescer is not None:
+            return await self._coalescer.get(stored)
+        return (await self._guard.get_many([stored]))[0]
+
     async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
         queue = self._queue
         found: list[bytes | None] = [None] * len(stored)
@@ -356,16 +367,7 @@ class BaseCache:
                 hits += 1
                 size += len(data)
                 entries.append(entry)
-        stats = self._stats
-        if hits:
-            stats.add("hits", hits, namespace=namespace)
-            stats.add("bytes_read", size)
-        if hits < len(entries):
-            stats.add("misses", len(entries) - hits, namespace=namespace)
-        if corrupt:
-            stats.add("corrupt_entries", corrupt)
-        if expired:
-            stats.add("expired", expired)
+        self._stats.record_reads(hits, len(entries) - hits, size, corrupt, expired, namespace)
         return entries
 
     def _to_hit(self, stored_key: str, data: bytes | None, namespace: str | None,
@@ -388,7 +390,7 @@ class BaseCache:
         self._check_open()
         ns = self._namespace(namespace)
         stored = self._stored_key(key, ns)
-        data = (await self._read_many([stored]))[0]
+        data = await self._read_one(stored)
         return self._to_hit(stored, data, ns, max_age, self.clock())
 
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
@@ -396,8 +398,8 @@ class BaseCache:
         # The hot path of async_get_cache: no CacheHit is built for a plain value.
         self._check_open()
         ns = self._namespace(namespace)
-        data = (await self._read_many([self._stored_key(key, ns)]))[0]
-        entry = self._decode_many([data], ns, max_age, self.clock())[0]
+        data = await self._read_one(self._stored_key(key, ns))
+        entry = self._decode_many((data,), ns, max_age, self.clock())[0]
         return None if entry is None else entry.value
 
     async def async_get_cache(

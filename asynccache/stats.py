@@ -153,6 +153,29 @@ class CacheStats:
                     bucket = self._namespaces[label] = Counter()
                 bucket[name] += amount
 
+    def record_reads(self, hits: int, misses: int, bytes_read: int, corrupt: int = 0,
+                     expired: int = 0, namespace: str | None = None) -> None:
+        """Count one batch of lookups under a single lock acquisition (the read hot path)."""
+        with self._lock:
+            totals = self._totals
+            if hits:
+                totals["hits"] += hits
+                totals["bytes_read"] += bytes_read
+            if misses:
+                totals["misses"] += misses
+            if corrupt:
+                totals["corrupt_entries"] += corrupt
+            if expired:
+                totals["expired"] += expired
+            label = "" if namespace is None else namespace
+            bucket = self._namespaces.get(label)
+            if bucket is None:
+                bucket = self._namespaces[label] = Counter()
+            if hits:
+                bucket["hits"] += hits
+            if misses:
+                bucket["misses"] += misses
+
     def observe(self, operation: str, seconds: float) -> None:
         """Record how long one backend operation took (``seconds``, wall clock).
 
