@@ -55,6 +55,9 @@ class Backend(abc.ABC):
     remote: ClassVar[bool] = True
     #: Largest batch a single primitive call receives.
     max_batch: ClassVar[int] = 1000
+    #: Whether no primitive ever waits on the event loop (pure in-process work). The
+    #: sync twins of such caches then run in the caller's thread, without the bridge.
+    loop_free: ClassVar[bool] = False
 
     #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
     clock: Callable[[], float] = staticmethod(time.time)
@@ -287,6 +290,7 @@ class BaseCache:
             register_exit_hook(self)
             install_sigterm_drain()
         self._closed = False
+        self._sync_inline = backend.loop_free and self._queue is None and self._coalescer is None
 
     # -- naming -------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
-import functools
 import logging
 import os
 import threading
@@ -256,12 +255,32 @@ class sync_twin(Generic[P, R]):
         if obj is None:
             return self
         async_method = getattr(obj, self._async_name)
+        run = run_inline if getattr(obj, "_sync_inline", False) else run_sync
 
-        @functools.wraps(async_method)
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run_sync(async_method(*args, **kwargs))
+            return run(async_method(*args, **kwargs))
 
+        call.__name__ = self._name
+        call.__doc__ = self.__doc__
         return call
+
+
+def run_inline(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to completion in the calling thread.
+
+    Used by the sync twins of loop-free caches (the in-memory backend without
+    write-behind or read coalescing): they touch no loop-bound object, so the bridge's
+    thread hop (tens of microseconds) would be pure overhead.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise BridgeError(
+        "a loop-free cache operation tried to wait on the event loop; "
+        "this is a bug in asynccache, please report it"
+    )
 
 
 class LoopLocal(Generic[T]):

@@ -117,8 +117,20 @@ async def test_sync_twin_called_inside_the_callers_own_running_loop():
     assert await cache.async_get_cache("theirs") == 2
 
 
-def test_calling_a_sync_twin_on_the_bridge_thread_raises_instead_of_deadlocking():
+def test_loop_free_twins_run_inline_even_on_a_loop_thread():
+    # The in-memory cache never waits on a loop, so its twins skip the bridge entirely.
     cache = MemoryCache()
+
+    async def on_the_bridge_thread() -> object:
+        # Through the bridge this would be refused (it would deadlock); inline it runs.
+        cache.set_cache("k", {"v": 1})
+        return cache.get_cache("k")
+
+    assert run_sync(on_the_bridge_thread(), timeout=30) == {"v": 1}
+
+
+def test_calling_a_sync_twin_on_the_bridge_thread_raises_instead_of_deadlocking():
+    cache = MemoryCache(coalesce_reads=True)  # coalescing needs a loop: not loop-free
     leftover = add(1, 1)
 
     async def on_the_bridge() -> str:

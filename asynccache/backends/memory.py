@@ -26,6 +26,7 @@ class MemoryBackend(Backend):
 
     name: ClassVar[str] = "memory"
     remote: ClassVar[bool] = False
+    loop_free: ClassVar[bool] = True
     max_batch: ClassVar[int] = 100_000
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
