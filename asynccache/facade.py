@@ -179,13 +179,19 @@ class Cache(BaseCache):
 
     def settings(self) -> dict[str, Any]:
         """The settings this cache was created with (secrets masked)."""
-        from .redact import mask
+        from .redact import mask, redact
 
-        secret_words = ("password", "secret", "key", "token", "connection_string", "credential")
-        return {
-            name: (mask(value) if any(w in name for w in secret_words) else value)
-            for name, value in self._settings.items()
-        }
+        secret_words = ("password", "secret", "key", "token", "connection_string", "credential",
+                        "sas")
+        shown: dict[str, Any] = {}
+        for name, value in self._settings.items():
+            if any(word in name.lower() for word in secret_words):
+                shown[name] = mask(value)
+            elif isinstance(value, str):
+                shown[name] = redact(value)  # url="redis://user:pw@host" -> user:***@host
+            else:
+                shown[name] = value
+        return shown
 
 
 async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,
