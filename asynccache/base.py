@@ -254,7 +254,7 @@ class BaseCache:
         flush_interval: float = 0.05,
         max_queue_size: int = 10_000,
         queue_overflow: str = "wait",
-        flush_retries: int = 5,
+        flush_retries: int = 8,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -298,7 +298,13 @@ class BaseCache:
         return self.namespace if namespace is NOT_GIVEN else namespace
 
     def _stored_key(self, key: str, namespace: str | None) -> str:
-        return namespace_prefix(namespace) + validate_key(key)
+        key = validate_key(key)
+        if namespace is None:
+            # A namespaced stored key is "<encoded namespace>:<key>" and an encoded
+            # namespace is never empty, so a leading ":" keeps a namespace-less key that
+            # holds a colon ("a:b") from ever meeting key "b" of namespace "a".
+            return ":" + key if ":" in key else key
+        return namespace_prefix(namespace) + key
 
     def _check_open(self) -> None:
         if self._closed:

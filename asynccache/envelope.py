@@ -19,6 +19,8 @@ number decodes as a value with no timestamps.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import struct
 from dataclasses import dataclass
@@ -83,6 +85,16 @@ def _find_non_finite(value: Any) -> bool:
             extend(item.values())
         elif isinstance(item, list | tuple):
             extend(item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            extend(getattr(item, field.name) for field in dataclasses.fields(item))
+        elif isinstance(item, enum.Enum):
+            extend((item.value,))
+        elif getattr(getattr(item, "dtype", None), "kind", None) in ("f", "c"):
+            # numpy arrays and scalars: orjson writes their NaN/Infinity as null too.
+            import numpy
+
+            if not numpy.isfinite(item).all():
+                return True
     return False
 
 

@@ -56,9 +56,11 @@ class FlushQueue:
         flush_interval: float = 0.05,
         max_size: int = 10_000,
         overflow: str = "wait",
-        retries: int = 5,
+        retries: int = 8,
         retry_backoff: float = 0.05,
     ) -> None:
+        # 8 retries doubling from 50 ms span about 12.7 s: longer than the circuit
+        # breaker's default 5 s cool-down, so a short outage costs no accepted entry.
         if flush_size < 1:
             raise ConfigurationError(f"flush_size must be >= 1, got {flush_size!r}")
         if flush_interval <= 0:

@@ -234,3 +234,15 @@ async def test_concurrent_gets_each_get_their_own_value(make_cache):
     keys = [f"c{i % 120}" for i in range(300)]
     got = await asyncio.gather(*(cache.async_get_cache(k) for k in keys))
     assert got == [i % 120 if i % 120 < 100 else None for i in range(300)]
+
+
+async def test_keys_without_a_namespace_never_meet_namespaced_ones(make_cache):
+    cache = make_cache(namespace=None)
+    ns = unique("ns")
+    await cache.async_set_cache(f"{ns}:k", "no namespace")
+    await cache.async_set_cache("k", "namespaced", namespace=ns)
+    assert await cache.async_get_cache(f"{ns}:k") == "no namespace"
+    assert await cache.async_get_cache("k", namespace=ns) == "namespaced"
+    await cache.async_clear(namespace=ns)
+    assert await cache.async_get_cache(f"{ns}:k") == "no namespace"
+    await cache.async_delete_cache(f"{ns}:k")

@@ -65,6 +65,10 @@ _TMP_SUFFIX = ".tmp"
 # A temporary file this old belongs to a writer that died (crash, kill -9); the scan
 # deletes it. Live writers hold theirs for milliseconds.
 _STALE_TMP_SECONDS = 3600.0
+#: What a read returns for a torn or foreign entry file: bytes that never decode as an
+#: entry, so the cache reports a miss and counts it in ``corrupt_entries`` (issue 8:
+#: corrupt bytes planted in any store are a miss and a counter).
+UNREADABLE = b"\x00unreadable disk entry"
 
 
 def _hex(text: str) -> str:
@@ -266,8 +270,13 @@ class DiskBackend(Backend):
             return False
         return True
 
-    async def _load(self, key: str, now: float) -> tuple[str, float | None, bytes] | None:
-        """The live entry for ``key`` as (path, expires-at, data), purging what is dead."""
+    async def _load(self, key: str, now: float, torn: bytes | None = None
+                    ) -> tuple[str, float | None, bytes] | None:
+        """The live entry for ``key`` as (path, expires-at, data), purging what is dead.
+
+        A torn or foreign file is deleted and gives ``None``, or ``(path, None, torn)``
+        when ``torn`` is passed (reads pass :data:`UNREADABLE` so the cache counts it).
+        """
         path = self.path_for(key)
         blob = await self._read_file(path)
         if blob is None:
@@ -277,7 +286,7 @@ class DiskBackend(Backend):
             # Torn or foreign file. (A writer may replace it between our read and this
             # delete; losing that entry costs one miss, never a wrong answer.)
             await self._remove(path)
-            return None
+            return None if torn is None else (path, None, torn)
         stored_key, expires_at, data = entry
         if stored_key != key:  # a SHA-256 collision, or a file copied in by hand
             return None
@@ -333,7 +342,7 @@ class DiskBackend(Backend):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         now = self.clock()
-        found = await asyncio.gather(*(self._load(key, now) for key in keys))
+        found = await asyncio.gather(*(self._load(key, now, UNREADABLE) for key in keys))
         return [None if entry is None else entry[2] for entry in found]
 
     async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
