@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..base import Backend, WriteItem
 from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 from ..keys import canonical_request
@@ -234,3 +235,35 @@ class SemanticSettings:
             "embedding": self.embedder.describe(),
             "embed_what": self.embed_what.value,
         }
+
+
+class SemanticBackend(Backend):
+    """What both semantic stores share: single stores go through the batch path, and a
+    batch is prepared (what to embed, which filter) and embedded in one call."""
+
+    semantic: SemanticSettings
+
+    async def index_similar(
+        self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
+    ) -> None:
+        """Store ``item`` under its exact key and index its prompt for similarity."""
+        await self.index_similar_many([request], [item], prefix=prefix)
+
+    async def index_similar_many(
+        self, requests: Sequence[Mapping[str, Any]], items: Sequence[WriteItem], *, prefix: str
+    ) -> None:
+        """Store and index many entries with one embedding call."""
+        if len(requests) != len(items):
+            raise ConfigurationError("index_similar_many needs one request per item")
+        prepared = [self.semantic.prepare(request, prefix) for request in requests]
+        texts = [p[0] for p in prepared if p is not None]
+        vectors = await self.semantic.embedder.embed(texts) if texts else []
+        await self._store_indexed(items, prepared, vectors, prefix)
+
+    async def _store_indexed(
+        self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],
+        vectors: Sequence[Any], prefix: str,
+    ) -> None:
+        """Write the entries; ``vectors`` holds one vector per non-``None`` ``prepared``."""
+        raise NotImplementedError
+

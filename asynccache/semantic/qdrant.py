@@ -29,13 +29,14 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client import models as qm
 
-from ..base import Backend, WriteItem
+from ..base import WriteItem
 from ..bridge import LoopLocal
 from ..exceptions import ConfigurationError
 from ..facade import Cache
 from .base import (
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
+    SemanticBackend,
     SemanticSettings,
     key_head,
     scope_tag,
@@ -78,7 +79,7 @@ def _match(field: str, value: str) -> qm.FieldCondition:
     return qm.FieldCondition(key=field, match=qm.MatchValue(value=value))
 
 
-class QdrantSemanticBackend(Backend):
+class QdrantSemanticBackend(SemanticBackend):
     """Exact entries and their vectors in one Qdrant collection (see the module docstring).
 
     Where: ``qdrant_api_base`` (+ ``qdrant_api_key``) for a server, or embedded with
@@ -432,21 +433,11 @@ class QdrantSemanticBackend(Backend):
             return None
         return data, similarity, str(payload.get("prompt", ""))
 
-    async def index_similar(
-        self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
+    async def _store_indexed(
+        self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],
+        vectors: Sequence[Any], prefix: str,
     ) -> None:
-        """Store ``item`` under its exact key and index its prompt for similarity."""
-        await self.index_similar_many([request], [item], prefix=prefix)
-
-    async def index_similar_many(
-        self, requests: Sequence[Mapping[str, Any]], items: Sequence[WriteItem], *, prefix: str
-    ) -> None:
-        """Store and index many entries: one embedding call and one upsert."""
-        if len(requests) != len(items):
-            raise ConfigurationError("index_similar_many needs one request per item")
-        prepared = [self.semantic.prepare(request, prefix) for request in requests]
-        texts = [p[0] for p in prepared if p is not None]
-        vectors = await self.semantic.embedder.embed(texts) if texts else []
+        """Write the entries and their vectors (one upsert)."""
         client = await self._client()
         await self._ensure_collection(client, len(vectors[0]) if vectors else None)
         remaining = iter(vectors)

@@ -24,13 +24,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from ..base import Backend, WriteItem
+from ..base import WriteItem
 from ..bridge import LoopLocal
 from ..exceptions import ConfigurationError
 from ..facade import Cache
 from .base import (
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
+    SemanticBackend,
     SemanticSettings,
     scope_tag,
     similarity_from_cosine_distance,
@@ -70,7 +71,7 @@ def _get(mapping: Mapping[Any, Any], name: str) -> Any:
     return mapping.get(name.encode()) if found is None else found
 
 
-class RedisSemanticBackend(Backend):
+class RedisSemanticBackend(SemanticBackend):
     """Exact entries and a vector index in one Redis (see the module docstring).
 
     Connection: ``url`` (``redis://:password@host:port/0``) or ``host`` / ``port`` /
@@ -317,21 +318,11 @@ class RedisSemanticBackend(Backend):
             return None
         return data, similarity, _text(_get(best, "prompt"))
 
-    async def index_similar(
-        self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
+    async def _store_indexed(
+        self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],
+        vectors: Sequence[Any], prefix: str,
     ) -> None:
-        """Store ``item`` under its exact key and index its prompt for similarity."""
-        await self.index_similar_many([request], [item], prefix=prefix)
-
-    async def index_similar_many(
-        self, requests: Sequence[Mapping[str, Any]], items: Sequence[WriteItem], *, prefix: str
-    ) -> None:
-        """Store and index many entries: one embedding call and one pipeline."""
-        if len(requests) != len(items):
-            raise ConfigurationError("index_similar_many needs one request per item")
-        prepared = [self.semantic.prepare(request, prefix) for request in requests]
-        texts = [p[0] for p in prepared if p is not None]
-        vectors = await self.semantic.embedder.embed(texts) if texts else []
+        """Write the entries and their vectors (one pipeline)."""
         client = await self._clients.get()
         if vectors:
             await self._ensure_index(client, len(vectors[0]))
