@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -111,8 +110,6 @@ def test_missing_extra_names_the_extra(monkeypatch, fake_types):
 
 
 def test_missing_extra_of_a_real_backend(monkeypatch):
-    if importlib.util.find_spec("asynccache.semantic.qdrant") is None:
-        pytest.skip("asynccache/semantic/qdrant.py is not written yet")
     monkeypatch.delitem(sys.modules, "asynccache.semantic.qdrant", raising=False)
     monkeypatch.setitem(sys.modules, "qdrant_client", None)
     with pytest.raises(MissingExtraError, match=r"asynccache\[qdrant\]"):
