@@ -137,6 +137,13 @@ def _positive(name: str, value: Any, kind: type = float, allow_none: bool = Fals
     return value
 
 
+def write_flags(replies: Sequence[object]) -> list[bool] | None:
+    """Per-item results of a batch of writes: ``None`` when every reply succeeded."""
+    if any(isinstance(reply, Exception) for reply in replies):
+        return [not isinstance(reply, Exception) for reply in replies]
+    return None
+
+
 @dataclass(frozen=True)
 class RedisSettings:
     """Resolved connection settings (explicit arguments over environment variables)."""
@@ -472,10 +479,7 @@ class RedisBackend(Backend):
         if not items:
             return None
         packed = b"".join([set_command(key, data, ttl) for key, data, ttl in items])
-        replies = await self._run(packed, len(items))
-        if any(isinstance(reply, Exception) for reply in replies):
-            return [not isinstance(reply, Exception) for reply in replies]
-        return None
+        return write_flags(await self._run(packed, len(items)))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:

@@ -51,6 +51,7 @@ from .redis import (
     pack,
     set_command,
     split_backend_settings,
+    write_flags,
 )
 
 logger = logging.getLogger("asynccache")
@@ -293,10 +294,7 @@ class RedisClusterBackend(Backend):
         if not items:
             return None
         commands = [set_command(key, data, ttl) for key, data, ttl in items]
-        replies = await self._batch(commands, [item[0].encode() for item in items])
-        if any(isinstance(reply, Exception) for reply in replies):
-            return [not isinstance(reply, Exception) for reply in replies]
-        return None
+        return write_flags(await self._batch(commands, [item[0].encode() for item in items]))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:

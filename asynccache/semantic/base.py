@@ -243,6 +243,19 @@ class SemanticBackend(Backend):
 
     semantic: SemanticSettings
 
+    async def _embed_query(
+        self, request: Mapping[str, Any], prefix: str, threshold: float | None
+    ) -> tuple[float, str, Any] | None:
+        """(threshold to meet, filter hash, vector) of a lookup, or ``None`` when the
+        request holds nothing to embed."""
+        wanted = self.semantic.threshold(threshold)
+        prepared = self.semantic.prepare(request, prefix)
+        if prepared is None:
+            return None
+        text, filter_hash = prepared
+        vector = await self.semantic.embedder.embed_one(text)
+        return wanted, filter_hash, vector
+
     async def index_similar(
         self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
     ) -> None:

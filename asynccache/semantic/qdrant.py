@@ -401,12 +401,10 @@ class QdrantSemanticBackend(SemanticBackend):
         self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
     ) -> tuple[bytes, float, str] | None:
         """Best live point with the same filter hash and scope, if its similarity >= threshold."""
-        wanted = self.semantic.threshold(threshold)
-        prepared = self.semantic.prepare(request, prefix)
-        if prepared is None:
+        embedded = await self._embed_query(request, prefix, threshold)
+        if embedded is None:
             return None
-        text, fh = prepared
-        vector = await self.semantic.embedder.embed_one(text)
+        wanted, fh, vector = embedded
         client = await self._client()
         await self._ensure_collection(client, len(vector))
         condition = qm.Filter(must=[

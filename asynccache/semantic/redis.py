@@ -288,12 +288,10 @@ class RedisSemanticBackend(SemanticBackend):
         self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
     ) -> tuple[bytes, float, str] | None:
         """Best entry with the same filter hash and scope, if its similarity >= threshold."""
-        wanted = self.semantic.threshold(threshold)
-        prepared = self.semantic.prepare(request, prefix)
-        if prepared is None:
+        embedded = await self._embed_query(request, prefix, threshold)
+        if embedded is None:
             return None
-        text, fh = prepared
-        vector = await self.semantic.embedder.embed_one(text)
+        wanted, fh, vector = embedded
         client = await self._clients.get()
         await self._ensure_index(client, len(vector))
         # The filter hash already covers the namespace, so the query filters on it alone:
