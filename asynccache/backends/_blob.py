@@ -125,6 +125,13 @@ def listing_prefix(prefix: str) -> str:
     return _namespace_segment(namespace) + "/" + _encode(key)
 
 
+def require_name(value: object, setting: str) -> str:
+    """A bucket or container name: a non-empty str, else a ConfigurationError naming it."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{setting} must be a non-empty str, got {value!r:.80}")
+    return value
+
+
 def normalize_path(path: str | None, setting: str) -> str:
     """A user's folder inside the bucket (``"cache"``, ``"llm/cache/"``) as ``"llm/cache/"``."""
     if path is None or path == "":

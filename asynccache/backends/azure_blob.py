@@ -39,6 +39,7 @@ from ._blob import (
     ObjectHead,
     StoredObject,
     connection_error,
+    require_name,
 )
 
 
@@ -80,9 +81,7 @@ class AzureBlobBackend(BlobBackend):
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
-        if not isinstance(azure_blob_container, str) or not azure_blob_container:
-            raise ConfigurationError(f"azure_blob_container must be a non-empty str, got "
-                                     f"{azure_blob_container!r:.80}")
+        require_name(azure_blob_container, "azure_blob_container")
         if azure_connection_string is None and azure_account_url is None:
             raise ConfigurationError(
                 "Azure Blob needs azure_connection_string or azure_account_url")

@@ -29,6 +29,7 @@ from ._blob import (
     ObjectHead,
     StoredObject,
     connection_error,
+    require_name,
 )
 
 _META_HEADER = "x-goog-meta-"
@@ -74,9 +75,7 @@ class GCSBackend(BlobBackend):
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
-        if not isinstance(gcs_bucket_name, str) or not gcs_bucket_name:
-            raise ConfigurationError(f"gcs_bucket_name must be a non-empty str, got "
-                                     f"{gcs_bucket_name!r:.80}")
+        require_name(gcs_bucket_name, "gcs_bucket_name")
         if gcs_path_service_account is not None and not isinstance(
                 gcs_path_service_account, str | os.PathLike):
             raise ConfigurationError("gcs_path_service_account must be a path to a JSON file")

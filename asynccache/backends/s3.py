@@ -32,6 +32,7 @@ from ._blob import (
     ObjectHead,
     StoredObject,
     connection_error,
+    require_name,
 )
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -86,9 +87,7 @@ class S3Backend(BlobBackend):
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
-        if not isinstance(s3_bucket_name, str) or not s3_bucket_name:
-            raise ConfigurationError(f"s3_bucket_name must be a non-empty str, got "
-                                     f"{s3_bucket_name!r:.80}")
+        require_name(s3_bucket_name, "s3_bucket_name")
         super().__init__(path=s3_path, path_setting="s3_path", max_concurrency=max_concurrency,
                          list_page_size=min(list_page_size, 1000))
         self.bucket = s3_bucket_name
