@@ -41,6 +41,7 @@ import orjson
 
 from .. import envelope
 from ..base import Backend, WriteItem
+from ..bridge import LoopLocal
 from ..config import NOT_GIVEN, NotGiven
 from ..exceptions import CacheConnectionError, ConfigurationError
 
@@ -184,6 +185,8 @@ class BlobBackend(Backend, abc.ABC):
     max_batch: ClassVar[int] = 1000
     #: Metadata name holding the absolute expiry time (Azure needs an identifier).
     expiry_metadata: ClassVar[str] = "asynccache-expires-at"
+    #: The store's clients, one per event loop; subclasses create it.
+    _clients: LoopLocal[Any]
 
     def __init__(self, *, path: str | None, path_setting: str,
                  max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -232,7 +235,8 @@ class BlobBackend(Backend, abc.ABC):
         return self._count_deleted(results)
 
     async def _close(self) -> None:
-        """Close every per-loop client."""
+        """Close every per-loop client (each on its own loop)."""
+        await self._clients.aclose_all()
 
     async def install_lifecycle_rule(self, days: int) -> None:
         """Ask the store to delete objects under this cache's path ``days`` after writing.

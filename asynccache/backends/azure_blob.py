@@ -154,9 +154,6 @@ class AzureBlobBackend(BlobBackend):
     async def _client(self) -> ContainerClient:
         return (await self._clients.get())[0]
 
-    async def _close(self) -> None:
-        await self._clients.aclose_all()
-
     # -- primitives ---------------------------------------------------------------------
 
     async def _get_object(self, name: str) -> StoredObject | None:

@@ -134,9 +134,6 @@ class GCSBackend(BlobBackend):
         # A session handed to Storage is shared, so Storage.close() leaves it open.
         await storage.session.session.close()
 
-    async def _close(self) -> None:
-        await self._clients.aclose_all()
-
     # -- primitives ---------------------------------------------------------------------
 
     async def _get_object(self, name: str) -> StoredObject | None:

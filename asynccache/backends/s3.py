@@ -151,9 +151,6 @@ class S3Backend(BlobBackend):
     async def _client(self) -> Any:
         return (await self._clients.get())[1]
 
-    async def _close(self) -> None:
-        await self._clients.aclose_all()
-
     # -- primitives ---------------------------------------------------------------------
 
     async def _get_object(self, name: str) -> StoredObject | None:
