@@ -113,8 +113,8 @@ async def run(quick: bool = False) -> list[Result]:
     from asynccache.backends.azure_blob import AzureBlobCache
     from asynccache.backends.gcs import GCSCache
     from asynccache.backends.s3 import S3Cache
-    from asynccache.testing import blob_servers
-    from asynccache.testing.servers import ManagedProcess, ServiceUnavailable
+    from tests.servers import blob_servers
+    from tests.servers.processes import ManagedProcess, ServiceUnavailable
 
     logging.getLogger("LiteLLM").setLevel(logging.CRITICAL)
     sizes = [100] if quick else [100, 1000]

@@ -365,7 +365,7 @@ async def run(quick: bool, port: int | None = None) -> list[Result]:
     """Run every scenario against a valkey-server (started here when ``port`` is None)."""
     server = None
     if port is None:
-        from asynccache.testing.servers import start_valkey
+        from tests.servers.processes import start_valkey
 
         server = start_valkey(search=False, name="bench-valkey")
         port = server.port

@@ -34,7 +34,7 @@ from typing import Any
 
 from asynccache import Cache
 from asynccache.semantic import HashEmbedder, LocalEmbedder
-from asynccache.testing.servers import running, start_valkey
+from tests.servers.processes import running, start_valkey
 from benchmarks._measure import Result, measure
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)

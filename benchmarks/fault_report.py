@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asynccache import Cache
-from asynccache.testing.servers import ManagedProcess, start_valkey
+from tests.servers.processes import ManagedProcess, start_valkey
 from benchmarks._measure import LoopLagProbe
 
 #: Upper bound on any wait for an observable condition (never reached when things work).
@@ -296,7 +296,7 @@ class StoreFigures:
 
 def start_store(store: str) -> ManagedProcess:
     """Start the emulator of ``store`` (``s3``, ``gcs`` or ``azure_blob``) on 127.0.0.1."""
-    from asynccache.testing import blob_servers
+    from tests.servers import blob_servers
 
     starts = {"s3": blob_servers.start_moto, "gcs": blob_servers.start_fake_gcs,
               "azure_blob": blob_servers.start_azurite}
@@ -305,7 +305,7 @@ def start_store(store: str) -> ManagedProcess:
 
 def _store_bucket(store: str, server: ManagedProcess, bucket: str) -> dict[str, Any]:
     """Create ``bucket`` if the store needs it first; return the cache settings."""
-    from asynccache.testing import blob_servers
+    from tests.servers import blob_servers
 
     if store == "s3":
         blob_servers.create_s3_bucket(server, bucket)
@@ -416,7 +416,7 @@ async def run_all(stores: bool = True) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 _stop(server)
     if stores:
-        from asynccache.testing.servers import ServiceUnavailable
+        from tests.servers.processes import ServiceUnavailable
 
         for store in ("s3", "gcs", "azure_blob"):
             try:

@@ -27,8 +27,8 @@ from asynccache.backends.gcs import GCSBackend, GCSCache, lifecycle_rules
 from asynccache.backends.s3 import S3Backend, S3Cache
 from asynccache.base import BaseCache
 from asynccache.keys import namespace_prefix
-from asynccache.testing import blob_servers
-from asynccache.testing.servers import ManagedProcess, ServiceUnavailable
+from tests.servers import blob_servers
+from tests.servers.processes import ManagedProcess, ServiceUnavailable
 from tests.helpers import FakeClock, chat_completion, unique
 from tests.plugins.blob import bucket_name
 from tests.plugins.services import service_unavailable
@@ -473,7 +473,7 @@ async def test_azure_has_no_lifecycle_helper(azure_settings):
 def test_emulator_helpers_refuse_other_hosts():
     import urllib.request
 
-    from asynccache.testing.blob_servers import _send
+    from tests.servers.blob_servers import _send
 
     with pytest.raises(ValueError, match=r"127\.0\.0\.1"):
         _send(urllib.request.Request("http://example.com/"), {200})

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from asynccache import Cache, DualCache, MemoryCache
-from asynccache.testing.servers import ServiceUnavailable, free_port, start_valkey
+from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from benchmarks.fault_report import (
     WAIT_LIMIT,
     count_keys,

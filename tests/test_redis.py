@@ -26,7 +26,7 @@ from asynccache.backends.redis import (
 from asynccache.backends.redis_cluster import RedisClusterBackend
 from asynccache.exceptions import ConfigurationError
 from asynccache.keys import namespace_prefix
-from asynccache.testing.servers import ServiceUnavailable, free_port, start_valkey
+from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from tests.helpers import CacheTracker, chat_completion, unique
 from tests.plugins.services import service_unavailable
 

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 from asynccache import Cache
 from asynccache.backends.redis_cluster import RedisClusterBackend, RedisClusterCache
 from asynccache.keys import namespace_prefix
-from asynccache.testing.servers import wait_cluster_ok
+from tests.servers.processes import wait_cluster_ok
 from tests.helpers import CacheTracker, unique
 
 

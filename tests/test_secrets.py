@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from asynccache import Cache, CacheError
-from asynccache.testing import blob_servers
-from asynccache.testing.servers import ServiceUnavailable, free_port, start_valkey
+from tests.servers import blob_servers
+from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from tests.helpers import unique
 from tests.plugins.services import service_unavailable
 

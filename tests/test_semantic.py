@@ -15,7 +15,7 @@ import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError, parse_controls
 from asynccache.semantic import HashEmbedder, LocalEmbedder
-from asynccache.testing.servers import free_port
+from tests.servers.processes import free_port
 from tests.helpers import FakeClock, chat_completion, unique
 
 pytest.importorskip("qdrant_client")

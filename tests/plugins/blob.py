@@ -14,8 +14,8 @@ import pytest
 from asynccache.backends.azure_blob import AzureBlobCache
 from asynccache.backends.gcs import GCSCache
 from asynccache.backends.s3 import S3Cache
-from asynccache.testing import blob_servers
-from asynccache.testing.servers import ManagedProcess, ServiceUnavailable
+from tests.servers import blob_servers
+from tests.servers.processes import ManagedProcess, ServiceUnavailable
 from tests.helpers import CacheTracker
 from tests.plugins.services import service_unavailable
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from asynccache import Cache
-from asynccache.testing.servers import ServiceUnavailable, start_valkey_cluster
+from tests.servers.processes import ServiceUnavailable, start_valkey_cluster
 from tests.helpers import CacheTracker, unique
 from tests.plugins.services import service_unavailable
 

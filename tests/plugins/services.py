@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from asynccache.testing.servers import ServiceUnavailable, start_valkey
+from tests.servers.processes import ServiceUnavailable, start_valkey
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -1,7 +1,7 @@
 """Object-store emulators on 127.0.0.1 for tests and benchmarks: moto, fake-gcs-server, Azurite.
 
 Each ``start_*`` function picks a free port, starts the server in a temporary folder and
-returns its :class:`~asynccache.testing.servers.ManagedProcess` (stop it with ``stop()``,
+returns its :class:`~tests.servers.processes.ManagedProcess` (stop it with ``stop()``,
 crash it with ``kill()``, bring it back on the same port with ``restart()``). Helpers
 create buckets/containers and return the settings a cache needs to talk to the server.
 
@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .servers import HOST, ManagedProcess, ServiceUnavailable, _package_file, free_port
+from .processes import HOST, ManagedProcess, ServiceUnavailable, _package_file, free_port
 
 AZURITE_VERSION = "3.35.0"
 #: Azurite's well-known development account (public, documented by Microsoft).
@@ -203,9 +203,13 @@ def start_latency_proxy(target_port: int, delay: float) -> ManagedProcess:
     in production. It runs in its own process so it costs the clients nothing.
     """
     port = free_port()
-    command = [sys.executable, "-m", "asynccache.testing.blob_servers", "proxy",
+    command = [sys.executable, "-m", "tests.servers.blob_servers", "proxy",
                str(port), str(target_port), repr(float(delay))]
-    return ManagedProcess("latency-proxy", command, port, _workdir("proxy")).start()
+    # The proxy module lives in the repository, not the package: make it importable
+    # from the proxy's own working directory.
+    repo_root = str(Path(__file__).resolve().parents[2])
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    return ManagedProcess("latency-proxy", command, port, _workdir("proxy"), env=env).start()
 
 
 async def _serve_proxy(port: int, target_port: int, delay: float) -> None:
@@ -268,4 +272,4 @@ if __name__ == "__main__":
 
         asyncio.run(_serve_proxy(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
     else:
-        raise SystemExit("usage: python -m asynccache.testing.blob_servers proxy PORT TARGET DELAY")
+        raise SystemExit("usage: python -m tests.servers.blob_servers proxy PORT TARGET DELAY")
