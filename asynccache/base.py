@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import orjson
 
 from . import envelope
-from .bridge import register_exit_hook, sync_twin
+from .bridge import sync_twin
 from .config import NOT_GIVEN, NotGiven, resolve_ttl, validate_ttl
 from .exceptions import (
     CacheClosedError,
@@ -28,7 +28,7 @@ from .exceptions import (
     ItemTooLargeError,
 )
 from .flush import FlushQueue
-from .guard import CircuitBreaker, GuardedBackend
+from .guard import DEFAULT_COOLDOWN, CircuitBreaker, GuardedBackend
 from .keys import namespace_prefix, validate_key
 from .lifecycle import install_sigterm_drain
 from .redact import redact
@@ -231,7 +231,8 @@ class BaseCache:
     * ``write_behind`` / ``flush_size`` / ``flush_interval`` / ``max_queue_size`` /
       ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
       :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
-    * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker;
+    * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker (consecutive
+      failures before it opens; longest pause between its background probes);
     * ``clock``: seconds since the epoch (inject one in tests).
 
     >>> cache = MemoryCache(ttl=60)                      # doctest: +SKIP
@@ -256,7 +257,7 @@ class BaseCache:
         queue_overflow: str = "wait",
         flush_retries: int = 8,
         breaker_threshold: int = 5,
-        breaker_cooldown: float = 5.0,
+        breaker_cooldown: float = DEFAULT_COOLDOWN,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if namespace is not None:
@@ -287,7 +288,6 @@ class BaseCache:
                 flush_size=flush_size or 500, flush_interval=flush_interval,
                 max_size=max_queue_size, overflow=queue_overflow, retries=flush_retries,
             )
-            register_exit_hook(self)
             install_sigterm_drain()
         self._closed = False
         self._sync_inline = backend.loop_free and self._queue is None and self._coalescer is None
@@ -657,7 +657,7 @@ class BaseCache:
         await self.aclose()
 
     async def drain_at_exit(self) -> None:
-        """Called by the bridge at interpreter exit: send what is still queued."""
+        """Send what is still queued (the queue itself is drained at interpreter exit)."""
         if self._queue is not None and len(self._queue):
             await self._queue.drain()
 

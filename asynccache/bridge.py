@@ -15,18 +15,19 @@ through the bridge works in both places.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import contextvars
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .exceptions import BridgeError
+from .lifecycle import at_loop_end, at_process_exit, keep_inherited, process_generation
 
 logger = logging.getLogger("asynccache.bridge")
 
@@ -34,19 +35,53 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-_POLL_SECONDS = 0.05  # how often a waiting sync caller wakes to notice Ctrl-C
+_POLL_SECONDS = 0.05  # how often a waiting sync caller wakes to notice Ctrl-C or a dead loop
 _EXIT_DRAIN_SECONDS = 30.0
+#: Longest a sync call waits on the bridge loop when no ``timeout`` is given. Every cache
+#: operation is bounded well below this by its own timeouts; the deadline only turns a
+#: stalled bridge into a clear error instead of a hang.
+DEFAULT_SYNC_DEADLINE = 300.0
+_CLOSE_SECONDS = 5.0
+
+
+class _Call:
+    """One sync call waiting on the bridge: a pre-acquired lock the loop releases."""
+
+    __slots__ = ("abandoned", "done", "error", "result", "task")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.abandoned = False
+
+
+async def _run_call(call: _Call, coro: Coroutine[Any, Any, Any]) -> None:
+    # The outcome is handed over from inside the task's last step: no done-callback, so
+    # no extra loop iteration between the result and the caller waking.
+    try:
+        call.result = await coro
+    except BaseException as exc:  # handed to the caller, who re-raises it
+        call.error = exc
+    finally:
+        call.done.release()
 
 
 class _Bridge:
-    """The process-wide bridge loop and the hooks to run when the process exits."""
+    """The process-wide bridge loop and what to drain when the process exits."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: Objects drained at exit while they live (held weakly).
         self.exit_hooks: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Objects with accepted, unsent writes: held strongly until drained, so a queue
+        #: whose cache was garbage-collected still reaches the store.
+        self.pending: set[Any] = set()
 
     @property
     def thread_id(self) -> int | None:
@@ -74,12 +109,14 @@ class _Bridge:
 
                 thread = threading.Thread(target=serve, name="asynccache-bridge", daemon=True)
                 thread.start()
-                ready.wait()
+                if not ready.wait(_CLOSE_SECONDS * 6):
+                    raise BridgeError("the asynccache sync bridge thread did not start")
                 self._thread, self._loop = thread, new_loop
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self._thread is not None and threading.get_ident() == self._thread.ident:
+        thread = self._thread
+        if thread is not None and threading.get_ident() == thread.ident:
             coro.close()
             raise BridgeError(
                 "a sync asynccache method was called on the bridge's own event loop thread, "
@@ -90,94 +127,112 @@ class _Bridge:
         except BridgeError:
             coro.close()
             raise
-        # The future exists before anything is scheduled, so a Ctrl-C that lands at any
-        # point after this line (even while the task is being submitted) still reaches
-        # the ``except`` below and cancels the task.
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        # The task starts from a copy of the caller's context variables (tracing ids,
-        # tenant ids...).
-        ctx = contextvars.copy_context()
-        waited = 0.0
+        thread = self._thread
+        limit = DEFAULT_SYNC_DEADLINE if timeout is None else timeout
+        # The call record exists before anything is scheduled, so a Ctrl-C that lands at
+        # any point after this line (even while the task is being submitted) still
+        # reaches the ``except`` below and cancels the task. The task starts from a copy
+        # of the caller's context variables (tracing ids, tenant ids...).
+        call = _Call()
         try:
             try:
-                loop.call_soon_threadsafe(_start_task, loop, coro, future, ctx)
+                loop.call_soon_threadsafe(_start_call, loop, call, coro,
+                                          contextvars.copy_context())
             except RuntimeError:  # the loop was closed under us
                 coro.close()
                 raise BridgeError("the asynccache sync bridge loop is closed") from None
-            while True:
-                step = _POLL_SECONDS if timeout is None else min(_POLL_SECONDS, timeout - waited)
-                try:
-                    return future.result(timeout=max(step, 0.0))
-                except concurrent.futures.TimeoutError:
-                    waited += step
-                    if timeout is not None and waited >= timeout:
-                        raise TimeoutError(
-                            f"asynccache sync call did not finish within {timeout} s"
-                        ) from None
+            deadline = time.monotonic() + limit
+            acquire = call.done.acquire
+            while not acquire(True, _POLL_SECONDS):
+                if thread is None or not thread.is_alive():
+                    raise BridgeError(
+                        "the asynccache sync bridge thread is gone (interpreter exit?); "
+                        "the call was abandoned"
+                    )
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"asynccache sync call did not finish within {limit} s")
         except BaseException:
             # Ctrl-C, a timeout or any other interruption: cancel the task on the loop.
-            future.cancel()
+            call.abandoned = True
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_cancel_call, call)
             raise
+        if call.error is not None:
+            error, call.error = call.error, None
+            if isinstance(error, asyncio.CancelledError):
+                raise concurrent.futures.CancelledError() from None
+            raise error
+        result: T = call.result
+        return result
+
+    def hold(self, obj: Any) -> None:
+        """Keep ``obj`` (it has ``async drain_at_exit()``) alive until :meth:`release`."""
+        self.pending.add(obj)
+
+    def release(self, obj: Any) -> None:
+        self.pending.discard(obj)
 
     def shutdown(self) -> None:
-        """Drain registered caches, then stop the loop. Runs at interpreter exit."""
+        """Drain pending writes, close the loop's clients, stop the loop. Runs at exit."""
         with self._lock:
             loop, self._closed = self._loop, True
-        hooks = list(self.exit_hooks)
-        if hooks:
-            if loop is None:
-                loop = asyncio.new_event_loop()
+        hooks = [*self.exit_hooks, *self.pending]
+        thread = self._thread
+        if loop is None:
+            if hooks:
+                temporary = asyncio.new_event_loop()
                 try:
-                    loop.run_until_complete(_drain_all(hooks))
+                    temporary.run_until_complete(_finish(hooks))
                 finally:
-                    loop.close()
-                return
-            try:
-                asyncio.run_coroutine_threadsafe(_drain_all(hooks), loop).result(
-                    _EXIT_DRAIN_SECONDS
-                )
-            except Exception:
-                logger.exception("asynccache: draining pending writes at exit failed")
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-
-
-def _start_task(
-    loop: asyncio.AbstractEventLoop,
-    coro: Coroutine[Any, Any, T],
-    future: concurrent.futures.Future[T],
-    ctx: contextvars.Context,
-) -> None:
-    """Runs on the bridge loop: start ``coro`` and tie it to the caller's ``future``."""
-    if future.cancelled():  # interrupted before the task could start
-        coro.close()
-        return
-    task = ctx.run(loop.create_task, coro)
-
-    def copy_outcome(done: asyncio.Task[T]) -> None:
-        if future.cancelled():
+                    temporary.close()
+            return
+        if thread is None or not thread.is_alive():
             return
         try:
-            if done.cancelled():
-                future.cancel()
-            elif (exc := done.exception()) is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(done.result())
-        except concurrent.futures.InvalidStateError:  # cancelled by the caller meanwhile
-            pass
-
-    def cancel_task(done: concurrent.futures.Future[T]) -> None:
-        if done.cancelled():
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(task.cancel)
-
-    task.add_done_callback(copy_outcome)
-    future.add_done_callback(cancel_task)
+            asyncio.run_coroutine_threadsafe(_finish(hooks), loop).result(
+                _EXIT_DRAIN_SECONDS + _CLOSE_SECONDS
+            )
+        except Exception:
+            logger.exception("asynccache: draining pending writes at exit failed")
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(_CLOSE_SECONDS)
+        if not thread.is_alive():
+            loop.close()
 
 
-async def _drain_all(hooks: list[Any]) -> None:
-    await asyncio.gather(*(hook.drain_at_exit() for hook in hooks), return_exceptions=True)
+def _start_call(loop: asyncio.AbstractEventLoop, call: _Call,
+                coro: Coroutine[Any, Any, Any], ctx: contextvars.Context) -> None:
+    """Runs on the bridge loop: start ``coro`` as a task that reports to ``call``."""
+    if call.abandoned:  # interrupted before the task could start
+        coro.close()
+        return
+    call.task = ctx.run(loop.create_task, _run_call(call, coro))
+
+
+def _cancel_call(call: _Call) -> None:
+    if call.task is not None:
+        call.task.cancel()
+
+
+async def _finish(hooks: list[Any]) -> None:
+    """On the loop being shut down: drain, cancel what is left, close per-loop clients."""
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(hook.drain_at_exit() for hook in hooks), return_exceptions=True),
+            _EXIT_DRAIN_SECONDS,
+        )
+    except (TimeoutError, asyncio.TimeoutError):
+        logger.error("asynccache: draining pending writes at exit took over %s s; gave up",
+                     _EXIT_DRAIN_SECONDS)
+    current = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not current]
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        await asyncio.wait(leftovers, timeout=_CLOSE_SECONDS)
+    # Runs the loop-end hooks (lifecycle.at_loop_end): connection pools close here.
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 _bridge = _Bridge()
@@ -185,21 +240,27 @@ _bridge = _Bridge()
 
 def _after_fork_in_child() -> None:
     # The bridge thread does not exist in a forked child; start afresh, keeping the
-    # registered caches so their queued writes still drain at the child's exit.
+    # registered caches and queues so their accepted writes still drain at the child's
+    # exit. The parent's loop object is kept, untouched: its selector and wake-up pipe
+    # are shared with the parent.
     global _bridge
-    hooks = list(_bridge.exit_hooks)
+    old = _bridge
+    keep_inherited((old._loop, old._thread))
     _bridge = _Bridge()
-    for hook in hooks:
+    for hook in list(old.exit_hooks):
         _bridge.exit_hooks.add(hook)
+    _bridge.pending = set(old.pending)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@atexit.register
 def _shutdown_at_exit() -> None:
     _bridge.shutdown()
+
+
+at_process_exit(_shutdown_at_exit)
 
 
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -225,6 +286,25 @@ def bridge_loop() -> asyncio.AbstractEventLoop:
 def register_exit_hook(obj: Any) -> None:
     """Call ``await obj.drain_at_exit()`` at interpreter exit (held by a weak reference)."""
     _bridge.exit_hooks.add(obj)
+
+
+def hold_until_drained(obj: Any) -> None:
+    """Keep ``obj`` alive (strongly) until :func:`release_drained`; drain it at exit.
+
+    Write-behind queues hold themselves here while they have unsent entries, so an
+    unreferenced cache cannot take accepted writes with it.
+    """
+    _bridge.hold(obj)
+
+
+def release_drained(obj: Any) -> None:
+    """``obj`` has nothing left to send: stop holding it."""
+    _bridge.release(obj)
+
+
+def is_bridge_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is this process's bridge loop."""
+    return loop is _bridge._loop
 
 
 class sync_twin(Generic[P, R]):
@@ -287,8 +367,10 @@ class LoopLocal(Generic[T]):
     """One object per event loop (a client, a session, a pool), made lazily.
 
     ``await local.get()`` returns the object for the running loop, calling the async
-    ``factory`` once per loop. :meth:`aclose_all` closes every object on its own loop
-    (objects of loops that are already closed are dropped).
+    ``factory`` once per loop. Each object is closed on its own loop when that loop
+    shuts down (``asyncio.run`` returning), or by :meth:`aclose_all`. Objects inherited
+    through a fork belong to the parent's loops: the child drops them untouched and
+    makes its own.
     """
 
     def __init__(
@@ -300,6 +382,8 @@ class LoopLocal(Generic[T]):
         self._closer = closer
         self._items: dict[asyncio.AbstractEventLoop, T] = {}
         self._creating: dict[asyncio.AbstractEventLoop, asyncio.Future[T]] = {}
+        self._generation = process_generation()
+        self._token = object()  # this object's key among its loops' loop-end hooks
 
     def peek(self) -> T | None:
         """The running loop's object if it exists already."""
@@ -308,11 +392,18 @@ class LoopLocal(Generic[T]):
         except RuntimeError:
             return None
 
+    def _drop_inherited(self) -> None:
+        if self._generation != process_generation():
+            keep_inherited((self._items, self._creating))
+            self._items, self._creating = {}, {}
+            self._generation = process_generation()
+
     async def get(self) -> T:
         loop = asyncio.get_running_loop()
         item = self._items.get(loop)
         if item is not None:
             return item
+        self._drop_inherited()
         pending = self._creating.get(loop)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -332,26 +423,51 @@ class LoopLocal(Generic[T]):
         self._forget_closed_loops()
         self._items[loop] = item
         pending.set_result(item)
+        if self._closer is not None:
+            owner = weakref.ref(self)
+
+            async def close_at_loop_end() -> None:
+                local = owner()
+                if local is not None:
+                    await local._close_on(loop)
+
+            at_loop_end(self._token, close_at_loop_end)
         return item
+
+    async def _close_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        item = self._items.pop(loop, None)
+        if item is not None and self._closer is not None:
+            await self._closer(item)
 
     def _forget_closed_loops(self) -> None:
         for stale in [lp for lp in self._items if lp.is_closed()]:
             del self._items[stale]
 
     async def aclose_all(self) -> None:
-        items, self._items = self._items, {}
+        """Close every loop's object: on its loop when that loop runs in this process.
+
+        Objects of loops that are closed are dropped; objects of loops that are alive but
+        not running now stay, and close when their loop shuts down.
+        """
+        self._drop_inherited()
         if self._closer is None:
+            self._items = {}
             return
         closer = self._closer
         current = asyncio.get_running_loop()
-        for loop, item in items.items():
+        for loop, item in list(self._items.items()):
             try:
                 if loop is current:
+                    del self._items[loop]
                     await closer(item)
-                elif loop.is_running() and not loop.is_closed():
-                    await asyncio.wrap_future(
+                elif loop.is_closed():
+                    del self._items[loop]
+                elif loop.is_running():
+                    del self._items[loop]
+                    # Bounded: a loop that stopped answering must not hang close().
+                    await asyncio.wait_for(asyncio.wrap_future(
                         asyncio.run_coroutine_threadsafe(_call(closer, item), loop)
-                    )
+                    ), _CLOSE_SECONDS)
             except Exception:
                 logger.debug("asynccache: closing a per-loop client failed", exc_info=True)
 

@@ -8,7 +8,10 @@ What the queue promises:
 * nothing accepted is lost: entries written while a flush is in flight wait for the next
   one; a failed flush is retried with backoff, and entries finally given up are counted
   and logged with their keys; ``aclose()`` and interpreter exit drain the queue; a worker
-  cancelled by its loop's shutdown puts its batch back for the exit drain;
+  cancelled by its loop's shutdown puts its batch back, and the queue hands its entries
+  to the sync bridge's loop when that loop ends (``asyncio.run`` returning without
+  ``aclose()``); a queue with unsent entries holds itself alive, so a cache that is
+  garbage-collected, a SIGTERM and a forked child's exit lose nothing either;
 * bounded memory: with ``max_size`` entries queued or in flight, writers wait
   (backpressure) unless the user chose ``overflow="drop"``, where each dropped entry is
   counted and logged.
@@ -30,7 +33,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .exceptions import ConfigurationError
+from .bridge import bridge_loop, hold_until_drained, is_bridge_loop, release_drained
+from .exceptions import BridgeError, ConfigurationError
+from .lifecycle import HANDOVER, at_loop_end, keep_inherited
 from .stats import CacheStats
 
 if TYPE_CHECKING:
@@ -42,6 +47,8 @@ OVERFLOW_POLICIES = ("wait", "drop")
 
 # Every live queue, so a forked child can forget the parent's worker (see _reset_after_fork).
 _QUEUES: weakref.WeakSet[FlushQueue] = weakref.WeakSet()
+# Running workers, held strongly: the event loop itself keeps only weak references.
+_WORKERS: set[asyncio.Task[None]] = set()
 
 
 class FlushQueue:
@@ -88,6 +95,8 @@ class FlushQueue:
         self._space_waiters: list[concurrent.futures.Future[None]] = []
         self._worker: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._held = False
+        self._token = object()  # this queue's key among its loops' loop-end hooks
         _QUEUES.add(self)
 
     def _reset_after_fork(self) -> None:
@@ -95,6 +104,9 @@ class FlushQueue:
         # again, and the lock may have been copied while another thread held it. Start
         # afresh, keeping every accepted entry (in-flight ones go back to pending: the
         # child's own copy of the store may need them too).
+        if self._worker is not None:
+            self._worker._log_destroy_pending = False  # type: ignore[attr-defined]
+            keep_inherited(self._worker)
         self._lock = threading.Lock()
         self._pending = {**self._inflight, **self._pending}
         self._inflight = {}
@@ -131,6 +143,9 @@ class FlushQueue:
                     self._pending.pop(key, None)
                     self._pending[key] = item
                     wake = len(self._pending) == 1 or len(self._pending) >= self.flush_size
+                    if not self._held:
+                        self._held = True
+                        hold_until_drained(self)
                     break
                 if self.overflow == "drop":
                     self._stats.add("dropped")
@@ -158,9 +173,20 @@ class FlushQueue:
                 for key in [k for k in self._pending if k.startswith(prefix)]:
                     del self._pending[key]
             waits = list(self._inflight_done)
+        self._release_if_empty()
         self._release_space()
         for done in waits:
             await asyncio.wrap_future(done)
+
+    def _release_if_empty(self) -> None:
+        with self._lock:
+            if self._held and not self._pending and not self._inflight:
+                self._held = False
+                release_drained(self)
+
+    async def drain_at_exit(self) -> None:
+        """Called by the bridge at interpreter exit: send what is still queued."""
+        await self.drain()
 
     async def drain(self) -> None:
         """Flush everything queued, on the running loop, and wait for in-flight batches."""
@@ -185,7 +211,8 @@ class FlushQueue:
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
             elif not worker.get_loop().is_closed():
-                worker.get_loop().call_soon_threadsafe(worker.cancel)
+                with contextlib.suppress(RuntimeError):
+                    worker.get_loop().call_soon_threadsafe(worker.cancel)
 
     # -- the worker -------------------------------------------------------------------
 
@@ -207,7 +234,20 @@ class FlushQueue:
                     worker_loop.call_soon_threadsafe(worker.cancel)
         self._wake = asyncio.Event()
         self._wake.set()
-        self._worker = loop.create_task(self._work(), name="asynccache-flush")
+        worker = self._worker = loop.create_task(self._work(), name="asynccache-flush")
+        _WORKERS.add(worker)
+        worker.add_done_callback(_WORKERS.discard)
+        if not is_bridge_loop(loop):
+            at_loop_end(self._token, _handover_at_loop_end(weakref.ref(self)), HANDOVER)
+
+    def _hand_over(self) -> None:
+        """The worker's loop is ending: let a worker on the bridge loop send the rest."""
+        if not self._pending_count():
+            return
+        try:
+            bridge_loop().call_soon_threadsafe(self._ensure_worker)
+        except (BridgeError, RuntimeError):  # interpreter exit: the exit drain sends them
+            pass
 
     def _wake_worker(self) -> None:
         worker, wake = self._worker, self._wake
@@ -227,11 +267,17 @@ class FlushQueue:
         wake = self._wake
         assert wake is not None
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
         while True:
-            await wake.wait()
+            with self._lock:
+                if not self._pending:
+                    # Nothing to send: end rather than idle. An idle task would outlive
+                    # its cache and be reported as "destroyed but pending" at exit; the
+                    # next write starts a new worker.
+                    if self._worker is me:
+                        self._worker = None
+                    return
             wake.clear()
-            if not self._pending_count():
-                continue
             # One cycle: full batches go at once; what is left waits until flush_interval
             # after the cycle began (so no entry waits longer than that), then goes as one
             # partial batch. Sending the remainder of every full batch at once would double
@@ -293,6 +339,7 @@ class FlushQueue:
                         del self._inflight[item[0]]
                 self._inflight_done.remove(done)
             done.set_result(None)
+            self._release_if_empty()
             self._release_space()
         return True
 
@@ -323,6 +370,15 @@ class FlushQueue:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _handover_at_loop_end(ref: weakref.ref[FlushQueue]) -> Callable[[], Awaitable[None]]:
+    async def hand_over() -> None:
+        queue = ref()
+        if queue is not None:
+            queue._hand_over()
+
+    return hand_over
 
 
 def _reset_queues_after_fork() -> None:

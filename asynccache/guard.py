@@ -4,7 +4,11 @@
 caller: a failed read is a miss, a failed write is ``False``; both are counted, and logged
 once per burst rather than once per call (a dead Redis under 1,000 calls/s must not write
 1,000 log lines a second). After ``failure_threshold`` consecutive failures the circuit
-opens: calls skip the backend for ``cooldown`` seconds, then one probe call decides.
+opens: calls skip the backend at no cost, while a background task probes it (a cheap
+``ping``) after 0.05 s, then at growing intervals up to ``cooldown`` seconds (0.25 s by
+default). The first successful probe closes the circuit, so with the defaults the
+backend is used again within about a quarter of a second of coming back, and no caller
+ever waits on a probe.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .exceptions import ConfigurationError
 from .stats import CacheStats
 
 if TYPE_CHECKING:
@@ -38,11 +43,25 @@ class CircuitState(str, enum.Enum):
     half_open = "half_open"
 
 
-class CircuitBreaker:
-    """Counts consecutive failures; opens after ``failure_threshold``, probes after ``cooldown``."""
+#: Default longest pause between two background probes of an open circuit (seconds).
+DEFAULT_COOLDOWN = 0.25
+#: Pause before the first probe; later pauses double up to the cool-down.
+FIRST_PROBE_DELAY = 0.05
 
-    def __init__(self, failure_threshold: int = 5, cooldown: float = 5.0,
+
+class CircuitBreaker:
+    """Counts consecutive failures; opens after ``failure_threshold``.
+
+    While open, calls are refused (:meth:`allow` is false) and a background probe
+    (run by :class:`GuardedBackend`) decides when to close: the pause between probes
+    starts at 0.05 s and doubles up to ``cooldown`` seconds. ``failure_threshold=0``
+    turns the breaker off.
+    """
+
+    def __init__(self, failure_threshold: int = 5, cooldown: float = DEFAULT_COOLDOWN,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(cooldown, bool) or not isinstance(cooldown, int | float) or cooldown <= 0:
+            raise ConfigurationError(f"breaker_cooldown must be > 0 seconds, got {cooldown!r}")
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._clock = clock
@@ -50,41 +69,60 @@ class CircuitBreaker:
         self.state = CircuitState.closed
         self.consecutive_failures = 0
         self._opened_at = 0.0
-        self._probing = False
+        #: Background probes sent while open, and how many of them failed.
+        self.probes = 0
+        self.failed_probes = 0
+        #: Seconds the circuit stayed open the last time it closed again.
+        self.last_outage: float | None = None
 
     def allow(self) -> bool:
-        """Whether a call may go to the backend now."""
-        if self.state is CircuitState.closed or self.failure_threshold <= 0:
-            return True
-        with self._lock:
-            if self.state is CircuitState.open and self._clock() - self._opened_at >= self.cooldown:
-                self.state = CircuitState.half_open
-                self._probing = False
-            if self.state is CircuitState.half_open and not self._probing:
-                self._probing = True
-                return True
-            return False
+        """Whether a call may go to the backend now (never while the circuit is open)."""
+        return self.state is CircuitState.closed or self.failure_threshold <= 0
+
+    def first_probe_delay(self) -> float:
+        return min(FIRST_PROBE_DELAY, self.cooldown)
+
+    def next_probe_delay(self, delay: float) -> float:
+        return min(delay * 2, self.cooldown)
 
     def record_success(self) -> None:
         if self.state is not CircuitState.closed or self.consecutive_failures:
             with self._lock:
                 if self.state is not CircuitState.closed:
-                    logger.warning("asynccache: backend recovered, circuit closed")
-                self.state, self.consecutive_failures, self._probing = CircuitState.closed, 0, False
+                    self.last_outage = self._clock() - self._opened_at
+                    logger.warning(
+                        "asynccache: backend recovered, circuit closed after %.2f s open "
+                        "(%d probes)", self.last_outage, self.probes,
+                    )
+                self.state, self.consecutive_failures = CircuitState.closed, 0
 
-    def record_failure(self) -> None:
+    def record_failure(self) -> bool:
+        """Count a failure; return whether this one opened the circuit."""
         with self._lock:
             self.consecutive_failures += 1
-            reopen = self.state is CircuitState.half_open
-            if self.failure_threshold > 0 and (
-                reopen or self.consecutive_failures >= self.failure_threshold
-            ):
-                if self.state is not CircuitState.open:
-                    logger.warning(
-                        "asynccache: %d consecutive backend failures, circuit open for %.1f s",
-                        self.consecutive_failures, self.cooldown,
-                    )
-                self.state, self._opened_at, self._probing = CircuitState.open, self._clock(), False
+            if (self.failure_threshold > 0 and self.state is CircuitState.closed
+                    and self.consecutive_failures >= self.failure_threshold):
+                logger.warning(
+                    "asynccache: %d consecutive backend failures, circuit open; probing "
+                    "in the background every %.2f s at most",
+                    self.consecutive_failures, self.cooldown,
+                )
+                self.state, self._opened_at = CircuitState.open, self._clock()
+                return True
+            return False
+
+    def probe_started(self) -> None:
+        with self._lock:
+            self.probes += 1
+            if self.state is CircuitState.open:
+                self.state = CircuitState.half_open
+
+    def probe_failed(self) -> None:
+        with self._lock:
+            self.failed_probes += 1
+            self.consecutive_failures += 1
+            if self.state is CircuitState.half_open:
+                self.state = CircuitState.open
 
 
 class BurstLogger:
@@ -95,16 +133,21 @@ class BurstLogger:
         self._last = -float("inf")
         self._suppressed = 0
 
-    def error(self, operation: str, backend: str, exc: BaseException) -> None:
+    def error(self, operation: str, backend: str, exc: BaseException,
+              timeout: float | None = None) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             self._suppressed += 1
             return
         extra = f" ({self._suppressed} similar errors suppressed)" if self._suppressed else ""
         self._last, self._suppressed = now, 0
+        reason = _safe_message(exc)
+        if isinstance(exc, TimeoutError) and not reason:
+            # asyncio's timeout carries no message: say what happened.
+            reason = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
         logger.warning(
             "asynccache: %s on %s failed: %s: %s%s",
-            operation, backend, type(exc).__name__, _safe_message(exc), extra,
+            operation, backend, type(exc).__name__, reason, extra,
         )
 
 
@@ -112,6 +155,10 @@ def _safe_message(exc: BaseException) -> str:
     from .redact import redact
 
     return redact(str(exc))[:500]
+
+
+#: Probe tasks in flight, held strongly (the event loop keeps only weak references).
+_PROBES: set[asyncio.Task[None]] = set()
 
 
 class GuardedBackend:
@@ -124,11 +171,13 @@ class GuardedBackend:
         self.timeout = timeout if backend.remote else None
         self.breaker = breaker
         self.log = BurstLogger()
+        self._probe: asyncio.Task[None] | None = None
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
                     skipped: int = 1) -> tuple[bool, T]:
         if not self.breaker.allow():
             self.stats.add("skipped_open_circuit", skipped)
+            self._ensure_probe()
             return False, fallback
         started = time.perf_counter()
         try:
@@ -142,12 +191,49 @@ class GuardedBackend:
         except Exception as exc:
             self.stats.observe(operation, time.perf_counter() - started)
             self.stats.add("timeouts" if isinstance(exc, TimeoutError) else "errors")
-            self.breaker.record_failure()
-            self.log.error(operation, self.backend.name, exc)
+            if self.breaker.record_failure():
+                self._ensure_probe()
+            self.log.error(operation, self.backend.name, exc, self.timeout)
             return False, fallback
         self.stats.observe(operation, time.perf_counter() - started)
         self.breaker.record_success()
         return True, result
+
+    def _ensure_probe(self) -> None:
+        """Make sure one background probe runs while the circuit is open."""
+        probe = self._probe
+        if probe is not None and not probe.done() and probe.get_loop().is_running():
+            return
+        with self.breaker._lock:
+            probe = self._probe
+            if probe is not None and not probe.done() and probe.get_loop().is_running():
+                return
+            task = asyncio.get_running_loop().create_task(
+                self._probe_until_closed(), name="asynccache-probe"
+            )
+            self._probe = task
+        _PROBES.add(task)
+        task.add_done_callback(_PROBES.discard)
+
+    async def _probe_until_closed(self) -> None:
+        breaker = self.breaker
+        delay = breaker.first_probe_delay()
+        while breaker.state is not CircuitState.closed:
+            await asyncio.sleep(delay)
+            if breaker.state is CircuitState.closed:
+                return
+            breaker.probe_started()
+            try:
+                if self.timeout is None:
+                    await self.backend.ping()
+                else:
+                    await asyncio.wait_for(self.backend.ping(), self.timeout)
+            except Exception:
+                breaker.probe_failed()
+                delay = breaker.next_probe_delay(delay)
+                continue
+            breaker.record_success()
+            return
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         empty: list[bytes | None] = []
@@ -176,4 +262,6 @@ class GuardedBackend:
             "backend": self.backend.name,
             "circuit": self.breaker.state.value,
             "consecutive_failures": self.breaker.consecutive_failures,
+            "probes": self.breaker.probes,
+            "failed_probes": self.breaker.failed_probes,
         }

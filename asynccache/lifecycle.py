@@ -1,24 +1,115 @@
-"""Process-exit handling for queued writes: SIGTERM becomes a normal, draining exit.
+"""Process and event-loop lifecycle: loop end, interpreter exit, SIGTERM and fork.
 
-Python runs ``atexit`` hooks (where the bridge drains write-behind queues) on a normal
-exit or ``SystemExit``, but a SIGTERM with the default disposition kills the process
-without running them — which is how containers are stopped. When the first write-behind
-queue is created, asynccache therefore turns SIGTERM into ``SystemExit(128 + SIGTERM)``
-if, and only if, nobody installed a handler yet and we are on the main thread. Opt out
-with the environment variable ``ASYNCCACHE_NO_SIGTERM_HANDLER=1`` or by installing your
-own handler first.
+Objects that belong to an event loop (connection pools, flush workers) or to a process
+(the sync bridge's thread) need to hear when that loop or process ends:
+
+* **Loop end.** :func:`at_loop_end` runs a coroutine on a loop while it shuts down.
+  ``asyncio.run()`` (and every runner that calls ``loop.shutdown_asyncgens()``:
+  uvicorn, pytest-asyncio, ``IsolatedAsyncioTestCase``) finalizes the async generators
+  of its loop before closing it; a small generator parked on each loop we use turns
+  that into a hook. Write-behind queues hand their entries over to the sync bridge
+  there, and connection pools close their sockets on their own loop, so a program that
+  never calls ``aclose()`` loses nothing and leaks nothing.
+* **SIGTERM.** Python runs ``atexit`` hooks (where the bridge drains write-behind
+  queues) on a normal exit or ``SystemExit``, but a SIGTERM with the default
+  disposition kills the process without running them, which is how containers are
+  stopped. When the first write-behind queue is created, asynccache therefore turns
+  SIGTERM into ``SystemExit(128 + SIGTERM)`` if, and only if, nobody installed a
+  handler yet and we are on the main thread. Opt out with the environment variable
+  ``ASYNCCACHE_NO_SIGTERM_HANDLER=1`` or by installing your own handler first.
+* **Fork.** :func:`process_generation` changes in a forked child, so per-loop objects
+  inherited from the parent are recognised and dropped without being touched: their
+  sockets, selector and wake-up pipe are shared with the parent, and closing them the
+  asyncio way would unregister the parent's own sockets.
+  ``multiprocessing`` children leave through ``os._exit()`` after running
+  ``multiprocessing``'s own finalizers, not ``atexit``: :func:`at_process_exit` hooks are
+  registered with both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import itertools
 import logging
 import os
 import signal
+import sys
 import threading
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import FrameType
+from typing import Any
 
 logger = logging.getLogger("asynccache")
 _installed = False
+
+# -- fork -------------------------------------------------------------------------------
+
+_generation = 0
+#: Objects inherited through a fork that must never be used, closed or collected in the
+#: child (collecting a copied event loop would try to close the parent's selector).
+_inherited: list[Any] = []
+
+
+def process_generation() -> int:
+    """A number that changes in every forked child (compare it to spot inherited state)."""
+    return _generation
+
+
+def keep_inherited(obj: Any) -> None:
+    """Keep ``obj`` (copied from the parent by a fork) alive and untouched in this child."""
+    _inherited.append(obj)
+
+
+def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
+    _watches.clear()
+    _exit_state["done"] = False
+    _register_multiprocessing_exit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- process exit -----------------------------------------------------------------------
+
+_exit_hooks: list[Callable[[], None]] = []
+_exit_state = {"done": False}
+
+
+def at_process_exit(hook: Callable[[], None]) -> None:
+    """Call ``hook()`` once when this process exits (also a forked ``multiprocessing`` child)."""
+    _exit_hooks.append(hook)
+
+
+def _run_exit_hooks() -> None:
+    if _exit_state["done"]:
+        return
+    _exit_state["done"] = True
+    for hook in list(_exit_hooks):
+        try:
+            hook()
+        except Exception:
+            logger.exception("asynccache: an exit hook failed")
+    _retire_closed_loops()
+
+
+def _register_multiprocessing_exit() -> None:
+    # A forked multiprocessing worker ends with os._exit() after running the finalizers
+    # registered with multiprocessing.util; atexit never runs there.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _run_exit_hooks, exitpriority=100)
+
+
+atexit.register(_run_exit_hooks)
+
+
+# -- SIGTERM ----------------------------------------------------------------------------
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -41,3 +132,89 @@ def install_sigterm_drain() -> bool:
         return False
     _installed = True
     return True
+
+
+# -- loop end ---------------------------------------------------------------------------
+
+#: Phases of the loop-end hooks: queues hand their entries over before pools close.
+HANDOVER, CLOSE = 0, 1
+_order = itertools.count()
+
+
+class _LoopWatch:
+    """The hooks of one loop, run by the finalizer of a generator parked on it."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[object, tuple[int, int, Callable[[], Awaitable[None]]]] = {}
+        self.generator: AsyncGenerator[None, None] | None = None
+
+    async def run(self) -> None:
+        while self.hooks:
+            hooks, self.hooks = self.hooks, {}
+            for _, _, hook in sorted(hooks.values(), key=lambda entry: entry[:2]):
+                try:
+                    await hook()
+                except Exception:
+                    logger.debug("asynccache: a loop-end hook failed", exc_info=True)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _parked(watch: _LoopWatch) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await watch.run()
+        with contextlib.suppress(RuntimeError):
+            _watches.pop(asyncio.get_running_loop(), None)
+
+
+def _retire_closed_loops() -> None:
+    # Loops closed without finalizing their async generators (run_until_complete, then
+    # close()) never ran their hooks and never will: finish their parked generators here,
+    # with no hooks left, so collecting them later cannot call into a closed loop.
+    for loop, watch in list(_watches.items()):
+        if loop.is_closed():
+            watch.hooks.clear()
+            _watches.pop(loop, None)
+            if watch.generator is not None:
+                closing = watch.generator.aclose()
+                with contextlib.suppress(StopIteration, RuntimeError):
+                    closing.send(None)
+                closing.close()
+
+
+def at_loop_end(key: object, hook: Callable[[], Awaitable[None]], phase: int = CLOSE) -> None:
+    """Run ``await hook()`` on the running loop when it shuts down (once per ``key``).
+
+    Runs when the loop's runner finalizes async generators (``asyncio.run`` does);
+    hooks of one loop run in ``phase`` order, then in registration order. A loop closed
+    without that step never runs them (the process-exit drain still covers queues).
+    """
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        _retire_closed_loops()
+        watch = _watches[loop] = _LoopWatch()
+        generator = _parked(watch)
+        watch.generator = generator
+        # The first step registers the generator with the loop's firstiter hook, so the
+        # loop finalizes it at shutdown; the generator is held here, never collected early.
+        step = generator.asend(None)
+        try:
+            step.send(None)
+        except StopIteration:
+            pass
+    if key not in watch.hooks:
+        watch.hooks[key] = (phase, next(_order), hook)
+
+
+def forget_loop_end(key: object) -> None:
+    """Drop the loop-end hook ``key`` of the running loop, if any."""
+    with contextlib.suppress(RuntimeError):
+        watch = _watches.get(asyncio.get_running_loop())
+        if watch is not None:
+            watch.hooks.pop(key, None)

@@ -81,16 +81,16 @@ class KillRestartFigures:
 
 
 async def kill_restart(server: ManagedProcess, *, workers: int = 64,
-                       breaker_cooldown: float = 0.1, rounds: int = 50) -> KillRestartFigures:
+                       rounds: int = 50, **settings: Any) -> KillRestartFigures:
     """SIGKILL ``server`` under ``workers`` concurrent set+get loops, then restart it.
 
     Each phase (warm, down, restarted) lasts until every worker made about ``rounds``
-    round trips in it.
+    round trips in it. The cache uses the default settings unless ``settings`` says
+    otherwise.
     """
     figures = KillRestartFigures(workers)
     cache = Cache(type="redis", port=server.port, namespace=f"kill-{uuid.uuid4().hex[:8]}",
-                  timeout=1.0, socket_timeout=1.0, breaker_threshold=5,
-                  breaker_cooldown=breaker_cooldown)
+                  **settings)
     stop = asyncio.Event()
     phase = {"name": "warm"}
     # Successful round trips per worker in each phase.
@@ -176,6 +176,7 @@ class PauseFigures:
     circuit_while_frozen: str = ""
     probe_result: Any = None
     circuit_after_probe: str = ""
+    recovered_s: float = float("nan")
     exceptions: list[str] = field(default_factory=list)
     loop_lag_p99_ms: float | None = None
     loop_lag_max_ms: float | None = None
@@ -217,9 +218,10 @@ async def pause_resume(server: ManagedProcess, *, timeout: float = 0.25,
                 opened_seen = time.monotonic()
             finally:
                 server.resume()
-            # Real time has to pass for the cooldown; the bound only guards against a hang.
-            await wait_until(lambda: time.monotonic() - opened_seen >= breaker_cooldown,
-                             "the cooldown to pass", step=breaker_cooldown / 20)
+            # A background probe closes the circuit once the server answers again.
+            await wait_until(lambda: cache.stats()["circuit"] == "closed",
+                             "a background probe to close the circuit", step=0.01)
+            figures.recovered_s = time.monotonic() - opened_seen
             figures.probe_result = await cache.async_get_cache("k")
             figures.circuit_after_probe = cache.stats()["circuit"]
         figures.loop_lag_p99_ms = probe.p99_ms()
@@ -318,7 +320,7 @@ def _store_bucket(store: str, server: ManagedProcess, bucket: str) -> dict[str, 
 
 async def store_kill_restart(store: str, server: ManagedProcess, *, workers: int = 8,
                              batch: int = 20, rounds: int = 3, timeout: float = 5.0,
-                             breaker_cooldown: float = 0.1) -> StoreFigures:
+                             breaker_threshold: int = 3) -> StoreFigures:
     """SIGKILL an object-store emulator while batches are in flight, then restart it.
 
     The emulators keep everything in memory, so the bucket is created again after the
@@ -327,8 +329,8 @@ async def store_kill_restart(store: str, server: ManagedProcess, *, workers: int
     figures = StoreFigures(store, workers)
     bucket = f"fault-{uuid.uuid4().hex[:16]}"
     settings = await asyncio.to_thread(_store_bucket, store, server, bucket)
-    cache = Cache(type=store, **settings, timeout=timeout, breaker_threshold=3,
-                  breaker_cooldown=breaker_cooldown)
+    cache = Cache(type=store, **settings, timeout=timeout,
+                  breaker_threshold=breaker_threshold)
     stop = asyncio.Event()
     phase = {"name": "warm"}
     ok_in: dict[str, list[int]] = {"warm": [0] * workers, "restarted": [0] * workers}
@@ -461,6 +463,7 @@ def report(figures: dict[str, Any]) -> str:
         f"{pause.skipped_open_circuit}",
         f"  circuit while frozen / after probe:  {pause.circuit_while_frozen} / "
         f"{pause.circuit_after_probe}",
+        f"  circuit closed after resume:         {pause.recovered_s:.3f} s",
         f"  loop lag p99 / max:                  {_ms(pause.loop_lag_p99_ms)} / "
         f"{_ms(pause.loop_lag_max_ms)}",
         "",

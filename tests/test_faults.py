@@ -20,6 +20,7 @@ import time
 import pytest
 
 from asynccache import Cache, DualCache, MemoryCache
+from asynccache.exceptions import ConfigurationError
 from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from benchmarks.fault_report import (
     WAIT_LIMIT,
@@ -91,56 +92,45 @@ async def test_frozen_redis_times_out_opens_the_circuit_and_one_probe_closes_it(
     assert figures.circuit_after_probe == "closed"
 
 
-async def test_half_open_circuit_lets_exactly_one_probe_through(private_valkey):
-    cooldown = 0.2
+async def test_open_circuit_is_probed_in_the_background_and_callers_never_wait(private_valkey):
     cache = Cache(type="redis", port=private_valkey.port, namespace=unique("probe"),
-                  timeout=0.2, breaker_threshold=2, breaker_cooldown=cooldown)
+                  timeout=0.2, breaker_threshold=2)  # default cool-down
     try:
         private_valkey.pause()
         try:
             assert await cache.async_set_cache("a", 1) is False
             assert await cache.async_set_cache("b", 1) is False
-            assert cache.stats()["circuit"] == "open"
+            assert cache.stats()["circuit"] in ("open", "half_open")
             assert cache.stats()["timeouts"] == 2
-            opened = time.monotonic()
+            # While the server is frozen, probes time out one after another and callers
+            # are skipped without touching the server: no caller becomes the probe.
+            await wait_until(lambda: cache.stats()["failed_probes"] >= 2, "two failed probes")
+            skipped = cache.stats()["skipped_open_circuit"]
+            results = await asyncio.gather(*(cache.async_set_cache(f"c{i}", i) for i in range(10)))
+            assert results == [False] * 10
+            assert cache.stats()["skipped_open_circuit"] == skipped + 10
+            assert cache.stats()["timeouts"] == 2  # the probes' timeouts are not the callers'
         finally:
             private_valkey.resume()
-        await wait_until(lambda: time.monotonic() - opened >= cooldown, "the cooldown",
-                         step=cooldown / 20)
-        skipped = cache.stats()["skipped_open_circuit"]
-        # Ten concurrent writes once the cooldown is over: one is the probe, the others
-        # are skipped while it decides.
-        results = await asyncio.gather(*(cache.async_set_cache(f"c{i}", i) for i in range(10)))
-        assert results.count(True) == 1
-        assert cache.stats()["skipped_open_circuit"] == skipped + 9
-        assert cache.stats()["circuit"] == "closed"
+        await wait_until(lambda: cache.stats()["circuit"] == "closed",
+                         "a background probe to close the circuit", step=0.01)
+        assert cache.breaker.last_outage is not None
         assert all(await asyncio.gather(*(cache.async_set_cache(f"d{i}", i) for i in range(10))))
     finally:
         await cache.aclose()
 
 
-async def test_a_failed_probe_reopens_the_circuit_for_another_cooldown(private_valkey):
-    cooldown = 0.15
-    cache = Cache(type="redis", port=private_valkey.port, namespace=unique("reopen"),
-                  timeout=0.2, breaker_threshold=2, breaker_cooldown=cooldown)
-    try:
-        private_valkey.pause()
-        try:
-            for _ in range(2):
-                assert await cache.async_get_cache("k") is None
-            opened = time.monotonic()
-            await wait_until(lambda: time.monotonic() - opened >= cooldown, "the cooldown",
-                             step=cooldown / 20)
-            assert await cache.async_get_cache("k") is None  # the probe times out
-            assert cache.stats()["timeouts"] == 3
-            assert cache.stats()["circuit"] == "open"
-            skipped = cache.stats()["skipped_open_circuit"]
-            assert await cache.async_get_cache("k") is None
-            assert cache.stats()["skipped_open_circuit"] == skipped + 1
-        finally:
-            private_valkey.resume()
-    finally:
-        await cache.aclose()
+async def test_probe_pauses_grow_up_to_the_cooldown_then_recovery_is_immediate():
+    from asynccache.guard import CircuitBreaker
+
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=0.25)
+    delays = [breaker.first_probe_delay()]
+    for _ in range(5):
+        delays.append(breaker.next_probe_delay(delays[-1]))
+    assert delays == [0.05, 0.1, 0.2, 0.25, 0.25, 0.25]
+    assert CircuitBreaker(cooldown=0.01).first_probe_delay() == 0.01
+    with pytest.raises(ConfigurationError, match="breaker_cooldown"):
+        CircuitBreaker(cooldown=0)
 
 
 async def test_dual_cache_serves_l1_while_l2_circuit_is_open(private_valkey):
