@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING
 
 from .bridge import bridge_loop, hold_until_drained, is_bridge_loop, release_drained
 from .exceptions import BridgeError, ConfigurationError
-from .lifecycle import HANDOVER, at_loop_end, keep_inherited
+from .lifecycle import (
+    HANDOVER,
+    at_loop_end,
+    chain_sigterm,
+    keep_inherited,
+    on_sigterm_drain,
+    terminating,
+)
 from .stats import CacheStats
 
 if TYPE_CHECKING:
@@ -132,6 +139,10 @@ class FlushQueue:
         for item in items:
             accepted.append(await self._put(item))
         self._ensure_worker()
+        if terminating():
+            # The process is shutting down (SIGTERM): write through, so an entry accepted
+            # now has landed before the caller (a request still being served) returns.
+            await self.drain()
         return accepted
 
     async def _put(self, item: WriteItem) -> bool:
@@ -143,7 +154,8 @@ class FlushQueue:
                     self._pending.pop(key, None)
                     self._pending[key] = item
                     wake = len(self._pending) == 1 or len(self._pending) >= self.flush_size
-                    if not self._held:
+                    first = not self._held
+                    if first:
                         self._held = True
                         hold_until_drained(self)
                     break
@@ -156,6 +168,10 @@ class FlushQueue:
             self._ensure_worker(wake=True)
             await asyncio.wrap_future(waiter)
         self._stats.add("queued")
+        if first:
+            # The handler in place now may be a server's own (uvicorn's, installed after
+            # this cache was made): put a drain in front of it.
+            chain_sigterm()
         if wake:
             self._wake_worker()
         return True
@@ -187,6 +203,26 @@ class FlushQueue:
     async def drain_at_exit(self) -> None:
         """Called by the bridge at interpreter exit: send what is still queued."""
         await self.drain()
+
+    async def send_all_now(self) -> None:
+        """Send every queued and in-flight entry now, without waiting on other loops.
+
+        Runs on the bridge loop while the thread of the queue's own loop is stopped in a
+        SIGTERM handler: batches in flight there cannot finish meanwhile, so their
+        entries are sent again (the same values, so sending twice is harmless).
+        """
+        if not self._lock.acquire(timeout=_SIGNAL_LOCK_SECONDS):
+            logger.error("asynccache: queue busy at SIGTERM; its entries drain at exit")
+            return
+        try:
+            items = [*self._inflight.values(), *self._pending.values()]
+            self._pending = {}
+        finally:
+            self._lock.release()
+        for start in range(0, len(items), self.flush_size):
+            await self._send_with_retries(items[start : start + self.flush_size])
+        self._release_if_empty()
+        self._release_space()
 
     async def drain(self) -> None:
         """Flush everything queued, on the running loop, and wait for in-flight batches."""
@@ -379,6 +415,29 @@ def _handover_at_loop_end(ref: weakref.ref[FlushQueue]) -> Callable[[], Awaitabl
             queue._hand_over()
 
     return hand_over
+
+
+_SIGNAL_LOCK_SECONDS = 1.0
+_SIGNAL_DRAIN_SECONDS = 20.0
+
+
+def _send_all_queues_now() -> None:
+    """Blocking: every queue with entries sends them on the bridge loop (SIGTERM)."""
+    queues = [queue for queue in list(_QUEUES) if len(queue)]
+    if not queues:
+        return
+
+    async def send() -> None:
+        await asyncio.gather(*(queue.send_all_now() for queue in queues),
+                             return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(send(), bridge_loop()).result(_SIGNAL_DRAIN_SECONDS)
+    except (BridgeError, RuntimeError, concurrent.futures.TimeoutError):
+        logger.error("asynccache: could not send queued writes at SIGTERM; they drain at exit")
+
+
+on_sigterm_drain(_send_all_queues_now)
 
 
 def _reset_queues_after_fork() -> None:

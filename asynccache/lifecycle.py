@@ -64,10 +64,12 @@ def keep_inherited(obj: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _generation
+    global _generation, _installed
     _generation += 1
     _watches.clear()
-    _exit_state["done"] = False
+    _exit_state.update(done=False, running=False, terminating=False)
+    # The child may reset signal handlers (gunicorn workers do): check again there.
+    _installed = False
     _register_multiprocessing_exit()
 
 
@@ -78,7 +80,7 @@ if hasattr(os, "register_at_fork"):
 # -- process exit -----------------------------------------------------------------------
 
 _exit_hooks: list[Callable[[], None]] = []
-_exit_state = {"done": False}
+_exit_state = {"done": False, "running": False, "terminating": False}
 
 
 def at_process_exit(hook: Callable[[], None]) -> None:
@@ -89,7 +91,7 @@ def at_process_exit(hook: Callable[[], None]) -> None:
 def _run_exit_hooks() -> None:
     if _exit_state["done"]:
         return
-    _exit_state["done"] = True
+    _exit_state["done"] = _exit_state["running"] = True
     for hook in list(_exit_hooks):
         try:
             hook()
@@ -98,13 +100,37 @@ def _run_exit_hooks() -> None:
     _retire_closed_loops()
 
 
+class _MultiprocessingHook:
+    """Registered with ``multiprocessing.util.register_after_fork`` (held weakly there)."""
+
+    registered = False
+
+    def __call__(self) -> None:
+        _register_multiprocessing_exit()
+
+
+_multiprocessing_hook = _MultiprocessingHook()
+
+
 def _register_multiprocessing_exit() -> None:
     # A forked multiprocessing worker ends with os._exit() after running the finalizers
-    # registered with multiprocessing.util; atexit never runs there.
+    # registered with multiprocessing.util; atexit never runs there. The child clears
+    # those finalizers right after the fork, then runs its after-fork callbacks: this
+    # runs both from our own fork hook and as such a callback.
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         util.Finalize(None, _run_exit_hooks, exitpriority=100)
 
+
+def _before_fork() -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and not _multiprocessing_hook.registered:
+        _multiprocessing_hook.registered = True
+        util.register_after_fork(_multiprocessing_hook, _MultiprocessingHook.__call__)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork)
 
 atexit.register(_run_exit_hooks)
 
@@ -113,12 +139,22 @@ atexit.register(_run_exit_hooks)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if _exit_state["terminating"] or _exit_state["running"]:
+        # Already on the way out (a pool that terminates its workers, then terminates
+        # the daemonic ones again at its own exit): a second SystemExit raised in the
+        # middle of the drain would abandon it.
+        return
+    _exit_state["terminating"] = True
     logger.warning("asynccache: SIGTERM received, exiting after draining queued writes")
     raise SystemExit(128 + signum)
 
 
 def install_sigterm_drain() -> bool:
-    """Make SIGTERM exit through ``atexit`` (draining queues); return whether installed."""
+    """Make SIGTERM exit through ``atexit`` (draining queues); return whether installed.
+
+    Only when SIGTERM still has its default disposition; a handler installed by someone
+    else is chained instead (see :func:`chain_sigterm`).
+    """
     global _installed
     if _installed or os.environ.get("ASYNCCACHE_NO_SIGTERM_HANDLER"):
         return False
@@ -126,11 +162,72 @@ def install_sigterm_drain() -> bool:
         return False
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return False
+            return chain_sigterm()
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     except (ValueError, OSError):  # not the main interpreter, or no signals here
         return False
     _installed = True
+    return True
+
+
+#: Called (blocking, bounded) by a chained SIGTERM handler to send queued writes now.
+_drain_now: list[Callable[[], None]] = []
+
+
+def on_sigterm_drain(drain: Callable[[], None]) -> None:
+    """Register the blocking drain a chained SIGTERM handler runs before the original."""
+    _drain_now[:] = [drain]
+
+
+def terminating() -> bool:
+    """Whether SIGTERM was received: write-behind queues then write through."""
+    return bool(_exit_state["terminating"])
+
+
+class _ChainedSigterm:
+    """Someone else's SIGTERM handler, preceded by a drain of the queued writes.
+
+    Servers such as uvicorn handle SIGTERM themselves (graceful shutdown), then restore
+    the handler they found and raise the signal again; when that was the default
+    disposition (gunicorn resets it in its workers) the process dies without running
+    ``atexit``. So the drain happens here, when the signal first arrives, and queues
+    write through for the rest of the shutdown.
+    """
+
+    def __init__(self, original: Callable[[int, FrameType | None], Any]) -> None:
+        self.original = original
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        _exit_state["terminating"] = True
+        for drain in list(_drain_now):
+            try:
+                drain()
+            except Exception:
+                logger.exception("asynccache: draining queued writes on SIGTERM failed")
+        return self.original(signum, frame)
+
+
+def chain_sigterm() -> bool:
+    """Put a drain in front of the current (foreign) SIGTERM handler; main thread only.
+
+    Called when a write-behind queue receives its first entry. Returns whether a handler
+    of ours is in place.
+    """
+    if os.environ.get("ASYNCCACHE_NO_SIGTERM_HANDLER"):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is _exit_on_sigterm or isinstance(current, _ChainedSigterm):
+            return True
+        if current is signal.SIG_DFL:
+            return install_sigterm_drain()
+        if not callable(current):  # SIG_IGN: the process does not stop on SIGTERM
+            return False
+        signal.signal(signal.SIGTERM, _ChainedSigterm(current))
+    except (ValueError, OSError):
+        return False
     return True
 
 

@@ -1,0 +1,1 @@
+"""Small applications the deployment-shape tests run in real processes."""
