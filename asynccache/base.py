@@ -59,6 +59,10 @@ class Backend(abc.ABC):
     #: sync twins of such caches then run in the caller's thread, without the bridge.
     loop_free: ClassVar[bool] = False
 
+    #: Whether the sync twins may run on the calling thread's own loop (clients kept per
+    #: loop, nothing to keep running between calls); otherwise they use the bridge.
+    sync_on_caller_thread: ClassVar[bool] = False
+
     #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
     clock: Callable[[], float] = staticmethod(time.time)
 
@@ -291,6 +295,7 @@ class BaseCache:
             install_sigterm_drain()
         self._closed = False
         self._sync_inline = backend.loop_free and self._queue is None and self._coalescer is None
+        self._sync_on_caller_thread = backend.sync_on_caller_thread and self._queue is None
 
     # -- naming -------------------------------------------------------------------------
 

@@ -335,7 +335,12 @@ class sync_twin(Generic[P, R]):
         if obj is None:
             return self
         async_method = getattr(obj, self._async_name)
-        run = run_inline if getattr(obj, "_sync_inline", False) else run_sync
+        if getattr(obj, "_sync_inline", False):
+            run: Callable[[Coroutine[Any, Any, Any]], Any] = run_inline
+        elif getattr(obj, "_sync_on_caller_thread", False):
+            run = run_on_caller_thread
+        else:
+            run = run_sync
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return run(async_method(*args, **kwargs))
@@ -343,6 +348,119 @@ class sync_twin(Generic[P, R]):
         call.__name__ = self._name
         call.__doc__ = self.__doc__
         return call
+
+
+# -- loops of the calling threads -------------------------------------------------------
+
+
+class _CallerLoop(threading.local):
+    """The calling thread's own long-lived loop for sync twins (made on first use)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    generation = -1
+    owner: object | None = None
+
+
+class _LoopOwner:
+    """Lives in one thread's locals; its finalizer hands the thread's loop over."""
+
+
+_caller = _CallerLoop()
+#: Every caller-thread loop of this process, so exit can close their clients.
+_caller_loops: set[asyncio.AbstractEventLoop] = set()
+#: Loops of threads that ended, closed by the next thread that makes a loop (or at exit):
+#: a loop is best not run from inside the finalizer of its dying thread.
+_orphaned_loops: list[asyncio.AbstractEventLoop] = []
+_caller_lock = threading.Lock()
+
+
+def is_caller_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is a caller thread's sync-twin loop (it runs only during calls)."""
+    return loop in _caller_loops
+
+
+def _caller_loop() -> asyncio.AbstractEventLoop:
+    loop = _caller.loop
+    if loop is not None and _caller.generation == process_generation():
+        return loop
+    if loop is not None:  # inherited through a fork: the parent's selector, never touched
+        keep_inherited(loop)
+    _close_orphaned_loops()
+    loop = asyncio.new_event_loop()
+    owner = _LoopOwner()
+    # When the thread ends its locals go, and with them ``owner``: the loop is then
+    # closed by another thread (or at exit).
+    weakref.finalize(owner, _orphan, loop)
+    _caller.loop, _caller.generation, _caller.owner = loop, process_generation(), owner
+    with _caller_lock:
+        _caller_loops.add(loop)
+    return loop
+
+
+def _orphan(loop: asyncio.AbstractEventLoop) -> None:
+    with _caller_lock:
+        _orphaned_loops.append(loop)
+
+
+def _close_caller_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a caller loop that no thread runs: its per-loop clients close on it first."""
+    with _caller_lock:
+        _caller_loops.discard(loop)
+    if loop.is_closed() or loop.is_running():
+        return
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())  # runs the loop-end hooks
+    except Exception:
+        logger.debug("asynccache: closing a thread's loop failed", exc_info=True)
+    finally:
+        loop.close()
+
+
+def _close_orphaned_loops() -> None:
+    with _caller_lock:
+        orphans, _orphaned_loops[:] = list(_orphaned_loops), []
+    for loop in orphans:
+        _close_caller_loop(loop)
+
+
+def _close_caller_loops_at_exit() -> None:
+    _close_orphaned_loops()
+    with _caller_lock:
+        loops = list(_caller_loops)
+    for loop in loops:
+        _close_caller_loop(loop)
+
+
+def run_on_caller_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on the calling thread's own long-lived loop.
+
+    Sync twins of caches whose clients are per loop and that keep no background task
+    (Redis without write-behind) use it: the call then costs no thread hand-off at all,
+    where the bridge costs two (the caller wakes the bridge thread, which wakes the
+    caller). A thread that already runs a loop (Jupyter, a sync call inside async code)
+    goes through the bridge instead, since its loop cannot be re-entered.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return run_sync(coro)
+    loop = _caller_loop()
+    task = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        # Ctrl-C (or anything else) in the middle: the task must not linger on the loop
+        # and wake up during this thread's next call.
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(task)
+        raise
+
+
+at_process_exit(_close_caller_loops_at_exit)
 
 
 def run_inline(coro: Coroutine[Any, Any, T]) -> T:

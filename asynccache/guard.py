@@ -14,6 +14,7 @@ ever waits on a probe.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import sys
@@ -22,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .bridge import bridge_loop, is_caller_loop
 from .exceptions import ConfigurationError
 from .stats import CacheStats
 
@@ -171,7 +173,8 @@ class GuardedBackend:
         self.timeout = timeout if backend.remote else None
         self.breaker = breaker
         self.log = BurstLogger()
-        self._probe: asyncio.Task[None] | None = None
+        self._probe: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
+        self._probe_loop: asyncio.AbstractEventLoop | None = None
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
                     skipped: int = 1) -> tuple[bool, T]:
@@ -201,19 +204,28 @@ class GuardedBackend:
 
     def _ensure_probe(self) -> None:
         """Make sure one background probe runs while the circuit is open."""
-        probe = self._probe
-        if probe is not None and not probe.done() and probe.get_loop().is_running():
+        if self._probe_alive():
             return
         with self.breaker._lock:
-            probe = self._probe
-            if probe is not None and not probe.done() and probe.get_loop().is_running():
+            if self._probe_alive():
                 return
-            task = asyncio.get_running_loop().create_task(
-                self._probe_until_closed(), name="asynccache-probe"
-            )
-            self._probe = task
+            loop = asyncio.get_running_loop()
+            if is_caller_loop(loop):
+                # A sync caller's own loop runs only during its calls: probe from the
+                # bridge loop, which always runs.
+                self._probe_loop = bridge_loop()
+                self._probe = asyncio.run_coroutine_threadsafe(
+                    self._probe_until_closed(), self._probe_loop)
+                return
+            task = loop.create_task(self._probe_until_closed(), name="asynccache-probe")
+            self._probe, self._probe_loop = task, loop
         _PROBES.add(task)
         task.add_done_callback(_PROBES.discard)
+
+    def _probe_alive(self) -> bool:
+        probe, loop = self._probe, self._probe_loop
+        return (probe is not None and loop is not None and not probe.done()
+                and loop.is_running())
 
     async def _probe_until_closed(self) -> None:
         breaker = self.breaker

@@ -145,8 +145,29 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
         # middle of the drain would abandon it.
         return
     _exit_state["terminating"] = True
+    if _exiting_already(frame):
+        return
     logger.warning("asynccache: SIGTERM received, exiting after draining queued writes")
     raise SystemExit(128 + signum)
+
+
+def _exiting_already(frame: FrameType | None) -> bool:
+    """Whether the interrupted code is the interpreter's (or multiprocessing's) own exit.
+
+    The exit drains anyway; a SystemExit raised in there would only cut it short.
+    """
+    exit_code = set()
+    threading_shutdown = getattr(threading, "_shutdown", None)
+    if threading_shutdown is not None:
+        exit_code.add(threading_shutdown.__code__)
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        exit_code.add(util._exit_function.__code__)
+    while frame is not None:
+        if frame.f_code in exit_code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def install_sigterm_drain() -> bool:

@@ -370,7 +370,9 @@ async def test_same_cache_works_from_this_loop_and_through_the_sync_bridge(make)
     assert await asyncio.to_thread(cache.set_cache, "from-sync", 2) is True
     assert await cache.async_get_cache("from-sync") == 2
     assert await asyncio.to_thread(cache.batch_get_cache, ["from-async", "from-sync"]) == [1, 2]
-    assert len(cache.backend._connections._items) == 2  # one connection set per loop
+    # One connection set per loop: this one's, and those of the worker threads' own
+    # loops the sync twins ran on (to_thread may have used up to three threads).
+    assert 2 <= len(cache.backend._connections._items) <= 4
 
 
 async def test_unreachable_redis_is_a_miss_not_a_hang():

@@ -426,6 +426,7 @@ class RedisBackend(Backend):
     name: ClassVar[str] = "redis"
     remote: ClassVar[bool] = True
     max_batch: ClassVar[int] = 1000
+    sync_on_caller_thread: ClassVar[bool] = True
 
     def __init__(
         self,
