@@ -128,6 +128,9 @@ class _Bridge:
             coro.close()
             raise
         thread = self._thread
+        if thread is None or not thread.is_alive():
+            coro.close()
+            raise BridgeError("the asynccache sync bridge thread is gone; the call was not made")
         limit = DEFAULT_SYNC_DEADLINE if timeout is None else timeout
         # The call record exists before anything is scheduled, so a Ctrl-C that lands at
         # any point after this line (even while the task is being submitted) still
