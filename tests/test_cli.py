@@ -219,7 +219,7 @@ def test_demo_console_script_prints_the_table():
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    for label in ("calls", "cache hits", "misses", "hit rate", "wall time"):
+    for label in ("calls", "cache hits", "misses", "hit rate", "time (simulated)"):
         assert label in proc.stdout
     rate = next(line for line in proc.stdout.splitlines() if line.startswith("hit rate"))
     assert float(rate.split()[-1].rstrip("%")) > 0
