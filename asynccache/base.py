@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -618,16 +619,21 @@ class BaseCache:
     async def async_test_connection(self) -> dict[str, Any]:
         """Check the backend; raise :class:`CacheConnectionError` with a clear reason.
 
-        Returns a small report (``{"status": "healthy", "backend": ..., "latency_ms": ...}``).
+        Besides reaching the store, it writes, reads and deletes one short-lived probe
+        entry in the cache's namespace, so credentials that may connect but not write
+        (a Redis ACL, a bucket policy, a SQL grant) fail here with
+        :class:`~asynccache.exceptions.AccessDeniedError` instead of turning every later
+        write into a silent failure. Returns a small report
+        (``{"status": "healthy", "backend": ..., "latency_ms": ...}``).
         """
         self._check_open()
         started = time.perf_counter()
         try:
             timeout = self._guard.timeout
             if timeout is None:
-                await self.backend.ping()
+                await self._probe()
             else:
-                await asyncio.wait_for(self.backend.ping(), timeout)
+                await asyncio.wait_for(self._probe(), timeout)
         except CacheError:
             raise
         except Exception as exc:
@@ -637,6 +643,18 @@ class BaseCache:
             ) from exc
         latency = (time.perf_counter() - started) * 1000
         return {"status": "healthy", "backend": self.backend.name, "latency_ms": round(latency, 3)}
+
+    async def _probe(self) -> None:
+        # Straight to the backend: a health check is neither counted in stats nor
+        # allowed to trip the circuit breaker.
+        await self.backend.ping()
+        probe = self._stored_key(f"asynccache-probe-{os.getpid()}-{id(self):x}", self.namespace)
+        data = envelope.encode(True, self.clock(), self.clock() + 30)
+        flags = await self.backend.set_many([(probe, data, 30.0)])
+        if flags is not None and not all(flags):
+            raise CacheConnectionError(f"{self.backend.name} backend refused a probe write")
+        await self.backend.get_many([probe])
+        await self.backend.delete_many([probe])
 
     async def async_flush(self) -> None:
         """Wait until every queued write-behind entry has been sent."""
