@@ -32,6 +32,7 @@ from .flush import FlushQueue
 from .guard import CircuitBreaker, GuardedBackend
 from .keys import namespace_prefix, validate_key
 from .lifecycle import install_sigterm_drain
+from .protection import DEFAULT_COMPRESSION_MIN_SIZE, ValueProtection
 from .redact import redact
 from .stats import CacheStats
 
@@ -233,6 +234,9 @@ class BaseCache:
       ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
       :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
     * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker;
+    * ``encryption_keys``: encrypt values at rest with AES-GCM (the first key encrypts,
+      all decrypt); ``compression`` (``"zstd"``, ``"zlib"``, ``"auto"``) with
+      ``compression_min_size``: compress larger values (see :mod:`asynccache.protection`);
     * ``clock``: seconds since the epoch (inject one in tests).
 
     >>> cache = MemoryCache(ttl=60)                      # doctest: +SKIP
@@ -258,6 +262,9 @@ class BaseCache:
         flush_retries: int = 8,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
+        encryption_keys: Sequence[bytes | str] | None = None,
+        compression: str | None = None,
+        compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if namespace is not None:
@@ -266,6 +273,7 @@ class BaseCache:
             raise ConfigurationError(f"max_item_size must be a positive int, got {max_item_size!r}")
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self._protection = ValueProtection(encryption_keys, compression, compression_min_size)
         self.backend = backend
         self.namespace = namespace
         self.default_ttl = validate_ttl(ttl, "ttl")
@@ -358,12 +366,13 @@ class BaseCache:
         entries: list[envelope.Entry | None] = []
         hits = corrupt = expired = size = 0
         decode = envelope.decode
+        protection = self._protection
         for data in found:
             if data is None:
                 entries.append(None)
                 continue
             try:
-                entry = decode(data)
+                entry = decode(data, protection)
             except envelope.CorruptEntry:
                 corrupt += 1
                 entries.append(None)
@@ -455,7 +464,8 @@ class BaseCache:
                 namespace: str | None, now: float) -> WriteItem:
         stored = self._stored_key(key, namespace)
         seconds = resolve_ttl(ttl, self.default_ttl)
-        data = envelope.encode(value, now, None if seconds is None else now + seconds, key)
+        data = envelope.encode(value, now, None if seconds is None else now + seconds, key,
+                               self._protection)
         if len(data) > self.max_item_size:
             raise ItemTooLargeError(
                 f"value for key {key[:200]!r} is {len(data)} bytes encoded, over "
@@ -598,7 +608,7 @@ class BaseCache:
         if data is None:
             return None
         try:
-            entry = envelope.decode(data)
+            entry = envelope.decode(data, self._protection)
         except envelope.CorruptEntry:
             return None
         now = self.clock()
@@ -710,7 +720,8 @@ class BaseCache:
         self._stats.reset()
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in self.backend.describe().items())
+        described = {**self.backend.describe(), **self._protection.describe()}
+        settings = ", ".join(f"{k}={v!r}" for k, v in described.items())
         return (f"{type(self).__name__}(backend={self.backend.name!r}"
                 f"{', ' + settings if settings else ''}, namespace={self.namespace!r}, "
                 f"ttl={self.default_ttl!r})")
