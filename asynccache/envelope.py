@@ -159,7 +159,8 @@ def decode(data: bytes | bytearray | memoryview,
         if flags & _PROTECTION_FLAGS or protection.encrypts:
             try:
                 body = protection.open(
-                    _SEALED_FIELDS.pack(MAGIC, version, created_at, expires_at), flags, body
+                    _SEALED_FIELDS.pack(MAGIC, version, created_at, expires_at), flags,
+                    bytes(body),
                 )
             except Unreadable as exc:
                 raise CorruptEntry(str(exc)) from exc
