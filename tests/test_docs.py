@@ -38,6 +38,9 @@ from pathlib import Path
 
 import pytest
 
+# LiteLLM fetches its model price map from the network at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PYTHON_LANGUAGES = frozenset({"python", "py", "python3"})
