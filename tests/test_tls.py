@@ -229,3 +229,47 @@ async def test_keys_outside_the_namespace_are_denied_not_served(valkey_server):
                 await cache.async_test_connection()
     finally:
         _drop_user(valkey_server, user)
+
+
+# -- S3 over HTTPS -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def https_moto(test_ca):
+    from tests.servers import blob_servers
+
+    try:
+        server = blob_servers.start_moto(tls=(test_ca.server_cert, test_ca.server_key))
+    except ServiceUnavailable as exc:
+        service_unavailable("moto_server (HTTPS)", exc)
+    yield server
+    server.stop()
+
+
+def _https_s3_settings(server, ca, **extra):
+    import boto3
+
+    from tests.servers import blob_servers
+
+    settings = blob_servers.moto_settings(server, f"tls-{uuid.uuid4().hex[:10]}")
+    endpoint = f"https://127.0.0.1:{server.port}"
+    boto3.client("s3", endpoint_url=endpoint, verify=str(ca.ca_cert),
+                 region_name=blob_servers.MOTO_REGION,
+                 aws_access_key_id=blob_servers.MOTO_KEY_ID,
+                 aws_secret_access_key=blob_servers.MOTO_SECRET,
+                 ).create_bucket(Bucket=settings["s3_bucket_name"])
+    return {**settings, "s3_endpoint_url": endpoint, **extra}
+
+
+async def test_s3_over_https_with_the_ca(https_moto, test_ca):
+    async with Cache(type="s3", **_https_s3_settings(
+            https_moto, test_ca, s3_verify=str(test_ca.ca_cert))) as cache:
+        await round_trip(cache)
+
+
+async def test_s3_over_https_fails_closed_without_the_ca(https_moto, test_ca):
+    async with Cache(type="s3", breaker_threshold=1000,
+                     **_https_s3_settings(https_moto, test_ca)) as cache:
+        assert await cache.async_set_cache("k", "v") is False
+        assert await cache.async_get_cache("k") is None
+        with pytest.raises(CacheConnectionError, match="(?i)ssl|certificate"):
+            await cache.async_test_connection()

@@ -42,10 +42,12 @@ def _workdir(name: str) -> Path:
 
 # -- S3: moto ---------------------------------------------------------------------------
 
-def start_moto(*, auth: bool = False, port: int | None = None) -> ManagedProcess:
+def start_moto(*, auth: bool = False, port: int | None = None,
+               tls: tuple[Path, Path] | None = None) -> ManagedProcess:
     """moto's S3 server in its own process (so a test can kill it mid-batch).
 
-    ``auth=True`` makes moto check credentials (unknown keys get ``InvalidAccessKeyId``).
+    ``auth=True`` makes moto check credentials (unknown keys get ``InvalidAccessKeyId``);
+    ``tls=(certificate, key)`` serves HTTPS only, with that certificate.
     """
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
         "moto_server")
@@ -53,8 +55,10 @@ def start_moto(*, auth: bool = False, port: int | None = None) -> ManagedProcess
         raise ServiceUnavailable("moto_server is not installed: pip install 'moto[s3,server]'")
     port = port or free_port()
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else None
-    return ManagedProcess("moto", [moto, "-H", HOST, "-p", str(port)], port,
-                          _workdir("moto"), env=env).start()
+    command = [moto, "-H", HOST, "-p", str(port)]
+    if tls is not None:
+        command += ["--ssl-cert", str(tls[0]), "--ssl-key", str(tls[1])]
+    return ManagedProcess("moto", command, port, _workdir("moto"), env=env).start()
 
 
 def moto_settings(server: ManagedProcess, bucket: str) -> dict[str, Any]:
