@@ -271,5 +271,5 @@ async def test_s3_over_https_fails_closed_without_the_ca(https_moto, test_ca):
                      **_https_s3_settings(https_moto, test_ca)) as cache:
         assert await cache.async_set_cache("k", "v") is False
         assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError, match="(?i)ssl|certificate"):
+        with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
             await cache.async_test_connection()
