@@ -273,3 +273,83 @@ async def test_s3_over_https_fails_closed_without_the_ca(https_moto, test_ca):
         assert await cache.async_get_cache("k") is None
         with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
             await cache.async_test_connection()
+
+
+# -- GCS and Azure Blob over HTTPS -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def https_gcs(test_ca):
+    from tests.servers import blob_servers
+
+    try:
+        server = blob_servers.start_fake_gcs(tls=(test_ca.server_cert, test_ca.server_key))
+    except ServiceUnavailable as exc:
+        service_unavailable("fake-gcs-server (HTTPS)", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def https_azurite(test_ca):
+    from tests.servers import blob_servers
+
+    try:
+        server = blob_servers.start_azurite(tls=(test_ca.server_cert, test_ca.server_key))
+    except ServiceUnavailable as exc:
+        service_unavailable("Azurite (HTTPS)", exc)
+    yield server
+    server.stop()
+
+
+def _https_gcs_settings(server, ca, **extra):
+    import json
+    import ssl
+    import urllib.request
+
+    bucket = f"tls-{uuid.uuid4().hex[:10]}"
+    root = f"https://127.0.0.1:{server.port}"
+    request = urllib.request.Request(
+        f"{root}/storage/v1/b?project=test", data=json.dumps({"name": bucket}).encode(),
+        method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(
+            request, timeout=10, context=ssl.create_default_context(cafile=str(ca.ca_cert))):
+        pass
+    return {"gcs_bucket_name": bucket, "gcs_api_root": root, **extra}
+
+
+def _https_azure_settings(server, **extra):
+    from tests.servers import blob_servers
+
+    return {"azure_connection_string": blob_servers.azurite_connection_string(
+                server, scheme="https"),
+            "azure_blob_container": f"tls-{uuid.uuid4().hex[:10]}", **extra}
+
+
+async def test_gcs_over_https_with_the_ca(https_gcs, test_ca):
+    async with Cache(type="gcs", **_https_gcs_settings(
+            https_gcs, test_ca, gcs_ssl_ca_certs=str(test_ca.ca_cert))) as cache:
+        await round_trip(cache)
+
+
+async def test_gcs_over_https_fails_closed_without_the_ca(https_gcs, test_ca):
+    async with Cache(type="gcs", breaker_threshold=1000,
+                     **_https_gcs_settings(https_gcs, test_ca)) as cache:
+        assert await cache.async_set_cache("k", "v") is False
+        assert await cache.async_get_cache("k") is None
+        with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
+            await cache.async_test_connection()
+
+
+async def test_azure_over_https_with_the_ca(https_azurite, test_ca):
+    async with Cache(type="azure_blob", **_https_azure_settings(
+            https_azurite, azure_ssl_ca_certs=str(test_ca.ca_cert))) as cache:
+        await round_trip(cache)
+
+
+async def test_azure_over_https_fails_closed_without_the_ca(https_azurite):
+    async with Cache(type="azure_blob", breaker_threshold=1000, azure_retry_total=0,
+                     **_https_azure_settings(https_azurite)) as cache:
+        assert await cache.async_set_cache("k", "v") is False
+        assert await cache.async_get_cache("k") is None
+        with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
+            await cache.async_test_connection()
