@@ -114,17 +114,15 @@ class CircuitBreaker:
             return False
 
     def probe_started(self) -> None:
+        # The circuit stays "open" while a background probe runs: callers are skipped
+        # all along, whatever the probe is doing.
         with self._lock:
             self.probes += 1
-            if self.state is CircuitState.open:
-                self.state = CircuitState.half_open
 
     def probe_failed(self) -> None:
         with self._lock:
             self.failed_probes += 1
             self.consecutive_failures += 1
-            if self.state is CircuitState.half_open:
-                self.state = CircuitState.open
 
 
 class BurstLogger:
