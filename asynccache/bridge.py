@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -42,6 +43,22 @@ _EXIT_DRAIN_SECONDS = 30.0
 #: stalled bridge into a clear error instead of a hang.
 DEFAULT_SYNC_DEADLINE = 300.0
 _CLOSE_SECONDS = 5.0
+
+
+#: Signals sent to the whole process (kill, Ctrl-C, a pool terminating its workers).
+_PROCESS_SIGNALS = {getattr(signal, name) for name in (
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD",
+) if hasattr(signal, name)}
+
+
+def _block_process_signals() -> None:
+    # The kernel may deliver a process-directed signal to any thread that does not block
+    # it. Delivered to the bridge thread, it would not interrupt the main thread's
+    # blocking call (a multiprocessing worker waiting for its next task), so Python
+    # would never get to run the handler there, and the process would not stop.
+    if hasattr(signal, "pthread_sigmask"):
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _PROCESS_SIGNALS)
 
 
 class _Call:
@@ -103,6 +120,7 @@ class _Bridge:
                 new_loop = asyncio.new_event_loop()
 
                 def serve() -> None:
+                    _block_process_signals()
                     asyncio.set_event_loop(new_loop)
                     new_loop.call_soon(ready.set)
                     new_loop.run_forever()

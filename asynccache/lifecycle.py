@@ -139,13 +139,12 @@ atexit.register(_run_exit_hooks)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    if _exit_state["terminating"] or _exit_state["running"]:
-        # Already on the way out (a pool that terminates its workers, then terminates
-        # the daemonic ones again at its own exit): a second SystemExit raised in the
-        # middle of the drain would abandon it.
-        return
     _exit_state["terminating"] = True
-    if _exiting_already(frame):
+    if _exit_state["running"] or _exiting_already(frame):
+        # Already on the way out (a pool that terminates its workers, then terminates
+        # the daemonic ones again at its own exit): a SystemExit raised in the middle of
+        # the drain would abandon it. Any other repeat raises again: the first one may
+        # have been swallowed (raised inside a finalizer or a __del__).
         return
     logger.warning("asynccache: SIGTERM received, exiting after draining queued writes")
     raise SystemExit(128 + signum)

@@ -102,7 +102,7 @@ async def run_sync_redis(quick: bool, port: int) -> list[Result]:
         for key in raw_keys:
             orjson.loads(raw.get(key))  # type: ignore[arg-type]
 
-    contenders.append(("redis-py get + orjson (sync)", _thread_runner(raw_sync)))
+    contenders.append(("raw redis-py get + orjson (sync)", _thread_runner(raw_sync)))
     litellm_cache = None
     try:
         logging.getLogger("LiteLLM").setLevel(logging.ERROR)

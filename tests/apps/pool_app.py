@@ -2,19 +2,24 @@
 
 ``python -m tests.apps.pool_app METHOD JOBS``: the parent uses the cache, then a Pool
 of 4 workers started with METHOD (fork or spawn) each writes through the sync twins
-(write-behind) and calls a ``cached`` model; the pool is left with ``with`` (which
-terminates the workers). Prints one JSON line with the accepted keys.
+(write-behind) and calls a ``cached`` model; the pool is closed and joined while the
+workers' entries are still queued. Prints one JSON line with the accepted keys.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import multiprocessing
 import os
+import signal
 import sys
 
 from asynccache import Cache
 from asynccache.integrations.wrappers import cached_sync
+
+if os.environ.get("APP_DUMP_ON_SIGUSR1"):  # to see where a hang is
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 cache = Cache(type="redis", url=os.environ["REDIS_URL"], namespace=os.environ["APP_NAMESPACE"],
               flush_size=500, flush_interval=30)
@@ -45,6 +50,9 @@ def main() -> None:
     with context.Pool(4) as pool:
         for keys in pool.map(work, range(jobs), chunksize=1):
             accepted.extend(keys)
+        # The workers end normally, their entries still queued (flush_interval=30).
+        pool.close()
+        pool.join()
     print(json.dumps({"accepted": accepted}), flush=True)
 
 
