@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from .backends.memory import MemoryCache
-from .base import Backend, BaseCache, CacheHit
+from .base import BaseCache, CacheHit
 from .bridge import run_sync
 from .config import NOT_GIVEN
+from .contract import Backend
 from .controls import CacheControls, CacheMode, parse_controls
 from .dual import DualCache
 from .exceptions import (

@@ -1,26 +1,26 @@
-"""BaseCache: the template methods every cache shares, and the backend contract.
+"""BaseCache: the template methods every cache shares.
 
 A backend implements a handful of batch primitives on encoded bytes
-(:class:`Backend`); :class:`BaseCache` does everything else once: key checks and
-namespacing, the envelope and serialization, TTL and max-age, write-behind, read
+(:class:`~asynccache.contract.Backend`); :class:`BaseCache` does everything else once:
+key checks and namespacing, the envelope and serialization, TTL and max-age, write-behind, read
 coalescing, stats, the fail-open error policy and the sync twins.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
-
-import orjson
+from typing import Any
 
 from . import envelope
 from .bridge import register_exit_hook, sync_twin
 from .config import NOT_GIVEN, NotGiven, resolve_ttl, validate_ttl
+from .contract import Backend, LeaseSupport, WriteItem
 from .exceptions import (
+    BackendError,
     CacheClosedError,
     CacheConnectionError,
     CacheError,
@@ -29,109 +29,13 @@ from .exceptions import (
 )
 from .flush import FlushQueue
 from .guard import CircuitBreaker, GuardedBackend
-from .keys import namespace_prefix, validate_key
+from .keys import lease_key, namespace_prefix, stored_key
 from .lifecycle import install_sigterm_drain
 from .redact import redact
 from .stats import CacheStats
 
-#: One write as backends receive it: (stored key, encoded bytes, TTL seconds or None).
-WriteItem = tuple[str, bytes, float | None]
-
 DEFAULT_MAX_ITEM_SIZE = 16 * 1024 * 1024
 DEFAULT_TIMEOUT = 5.0
-
-
-class Backend(abc.ABC):
-    """The contract a storage backend implements: batch primitives on bytes.
-
-    Keys arrive already namespaced and checked; values arrive already encoded. Errors
-    may be raised freely: :class:`~asynccache.guard.GuardedBackend` turns them into misses
-    and failed writes. Single-key calls are batches of one.
-    """
-
-    #: Short name used in stats and logs.
-    name: ClassVar[str] = "backend"
-    #: Whether calls do network I/O (enables timeouts and read coalescing by default).
-    remote: ClassVar[bool] = True
-    #: Largest batch a single primitive call receives.
-    max_batch: ClassVar[int] = 1000
-    #: Whether no primitive ever waits on the event loop (pure in-process work). The
-    #: sync twins of such caches then run in the caller's thread, without the bridge.
-    loop_free: ClassVar[bool] = False
-
-    #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
-    clock: Callable[[], float] = staticmethod(time.time)
-
-    @abc.abstractmethod
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The stored bytes for each key, ``None`` where missing; order kept."""
-
-    @abc.abstractmethod
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
-        """Store every item with its TTL (``None``: no expiry).
-
-        Return ``None`` when all were stored, or one flag per item.
-        """
-
-    @abc.abstractmethod
-    async def delete_many(self, keys: Sequence[str]) -> int:
-        """Delete the keys; return how many existed."""
-
-    @abc.abstractmethod
-    async def clear(self, prefix: str) -> int:
-        """Delete every key that starts with ``prefix`` (``""``: everything); return the count."""
-
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        """Add ``amount`` to a counter stored as a bare JSON number, creating it with ``ttl``.
-
-        The default reads and writes back, which is not atomic across processes;
-        backends with a native atomic increment override it.
-        """
-        current = (await self.get_many([key]))[0]
-        value: float = 0
-        if current is not None:
-            try:
-                decoded = envelope.decode(current).value
-            except envelope.CorruptEntry:
-                decoded = 0
-            value = decoded if isinstance(decoded, int | float) else 0
-        value += amount
-        await self.set_many([(key, orjson.dumps(value), ttl)])
-        return value
-
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
-        """Remaining TTL from the store, or ``NOT_GIVEN`` to read it from the envelope."""
-        return NOT_GIVEN
-
-    async def ping(self) -> None:
-        """Raise if the backend cannot serve requests."""
-        await self.get_many(["asynccache:ping"])
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connections (every loop's)."""
-
-    def describe(self) -> dict[str, Any]:
-        """Non-secret settings for ``repr`` and ``stats()``."""
-        return {}
-
-
-@runtime_checkable
-class SimilaritySearch(Protocol):
-    """Extra primitives of semantic backends (Redis vector search, Qdrant).
-
-    ``request`` is the LLM call's keyword arguments (model, messages, ...). The backend
-    decides what is embedded and what becomes an exact-match filter.
-    """
-
-    async def search_similar(
-        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
-    ) -> tuple[bytes, float, str] | None:
-        """Best match as (stored bytes, cosine similarity 0-1, matched prompt), or None."""
-
-    async def index_similar(
-        self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
-    ) -> None:
-        """Store ``item`` under its exact key and index it for similarity search."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,14 +201,8 @@ class BaseCache:
     def _namespace(self, namespace: str | NotGiven | None) -> str | None:
         return self.namespace if namespace is NOT_GIVEN else namespace
 
-    def _stored_key(self, key: str, namespace: str | None) -> str:
-        key = validate_key(key)
-        if namespace is None:
-            # A namespaced stored key is "<encoded namespace>:<key>" and an encoded
-            # namespace is never empty, so a leading ":" keeps a namespace-less key that
-            # holds a colon ("a:b") from ever meeting key "b" of namespace "a".
-            return ":" + key if ":" in key else key
-        return namespace_prefix(namespace) + key
+    #: The stored key of a key in a namespace (the format lives in :mod:`asynccache.keys`).
+    _stored_key = staticmethod(stored_key)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -522,25 +420,96 @@ class BaseCache:
         return await self._write(encoded, ns)
 
     async def async_increment(
-        self, key: str, amount: float = 1, *, ttl: float | NotGiven | None = NOT_GIVEN,
+        self, key: str, amount: int | float = 1, *, ttl: float | NotGiven | None = NOT_GIVEN,
         namespace: str | NotGiven | None = NOT_GIVEN,
-    ) -> float | None:
+    ) -> int | float | None:
         """Add ``amount`` to a counter (created at 0 with ``ttl``); the new value or ``None``.
 
-        ``None`` means the backend failed (the failure is counted and logged).
+        The value is an ``int`` when whole, else a ``float``, on every backend. ``None``
+        means the backend failed (the failure is counted and logged).
         """
         self._check_open()
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
-            raise ConfigurationError(f"amount must be a number, got {amount!r}")
+        if not envelope.is_counter_value(amount):
+            raise ConfigurationError(f"amount must be an int or a float, got {amount!r}")
         ns = self._namespace(namespace)
-        stored = self._stored_key(key, ns)
-        seconds = resolve_ttl(ttl, self.default_ttl)
+        return await self.increment_stored(self._stored_key(key, ns), amount,
+                                           resolve_ttl(ttl, self.default_ttl))
+
+    # -- stored-key access (for caches built on caches, such as DualCache) ------------
+
+    async def read_stored(self, stored: Sequence[str]) -> list[bytes | None]:
+        """The stored bytes of already-namespaced keys (queued writes first), in batches."""
+        self._check_open()
+        return await self._read_many(stored)
+
+    async def write_stored(self, items: Sequence[WriteItem]) -> list[bool]:
+        """Write already-encoded items (through the write-behind queue when on)."""
+        self._check_open()
+        return await self._write(items, None)
+
+    async def delete_stored(self, stored: Sequence[str]) -> int:
+        """Delete already-namespaced keys; return how many existed."""
+        self._check_open()
+        return await self._delete_stored(stored)
+
+    async def clear_stored_prefix(self, prefix: str) -> int:
+        """Delete every stored key starting with ``prefix``; return the count."""
+        self._check_open()
+        return await self._clear_prefix(prefix)
+
+    async def increment_stored(self, stored: str, amount: int | float,
+                               ttl: float | None) -> int | float | None:
+        """Add to the counter at an already-namespaced key; ``None`` if the backend failed."""
+        self._check_open()
         if self._queue is not None:
             await self._queue.forget([stored])
-        result: float | None = await self._guard.call(
-            "increment", lambda: self.backend.increment(stored, amount, seconds), None
+        result: int | float | None = await self._guard.call(
+            "increment", lambda: self.backend.increment_counter(stored, amount, ttl), None
         )
-        return result
+        return None if result is None else envelope.counter_number(result)
+
+    # -- the lease capability (cross-process single-flight) ----------------------------
+
+    @property
+    def supports_lease(self) -> bool:
+        """Whether the backend can hold a cross-process lease (:class:`LeaseSupport`)."""
+        return isinstance(self.backend, LeaseSupport)
+
+    def _lease_backend(self) -> LeaseSupport:
+        backend = self.backend
+        if not isinstance(backend, LeaseSupport):
+            raise ConfigurationError(f"the {backend.name} backend cannot hold a lease")
+        return backend
+
+    async def async_acquire_lease(
+        self, key: str, ttl: float, *, namespace: str | NotGiven | None = NOT_GIVEN
+    ) -> str | None:
+        """Take the lease on ``key`` for ``ttl`` seconds: a token if it is now ours, else None.
+
+        Goes through the guard like every backend call; a store failure raises
+        :class:`~asynccache.exceptions.BackendError` (the caller proceeds without a lease).
+        """
+        self._check_open()
+        backend = self._lease_backend()
+        stored = lease_key(key, self._namespace(namespace))
+        token = uuid.uuid4().hex
+        won = await self._guard.call(
+            "lease", lambda: backend.acquire_lease(stored, token, validate_ttl(ttl) or 1.0),
+            None)
+        if won is None:
+            raise BackendError(f"the {self.backend.name} backend could not take the lease")
+        return token if won else None
+
+    async def async_release_lease(
+        self, key: str, token: str, *, namespace: str | NotGiven | None = NOT_GIVEN
+    ) -> bool:
+        """Give the lease on ``key`` up if ``token`` still holds it; whether it was released."""
+        self._check_open()
+        backend = self._lease_backend()
+        stored = lease_key(key, self._namespace(namespace))
+        released: bool = await self._guard.call(
+            "lease", lambda: backend.release_lease(stored, token), False)
+        return released
 
     # -- deletes, TTL, clear ------------------------------------------------------------
 
@@ -589,7 +558,7 @@ class BaseCache:
         stored = self._stored_key(key, ns)
         queued = self._queue.lookup(stored) if self._queue is not None else None
         native = NOT_GIVEN if queued is not None else await self._guard.call(
-            "get_ttl", lambda: self.backend.get_ttl(stored), None
+            "get_ttl", lambda: self.backend.stored_ttl(stored), None
         )
         if native is not NOT_GIVEN:
             return native
@@ -625,9 +594,9 @@ class BaseCache:
         try:
             timeout = self._guard.timeout
             if timeout is None:
-                await self.backend.ping()
+                await self.backend.check_health()
             else:
-                await asyncio.wait_for(self.backend.ping(), timeout)
+                await asyncio.wait_for(self.backend.check_health(), timeout)
         except CacheError:
             raise
         except Exception as exc:
@@ -685,7 +654,8 @@ class BaseCache:
     def stats(self) -> dict[str, Any]:
         """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state."""
         return {**self._stats.snapshot(), **self._guard.describe(),
-                "queued_writes": self.queued_writes}
+                "queued_writes": self.queued_writes,
+                "backend_counters": dict(self.backend.counters())}
 
     def reset_stats(self) -> None:
         """Set every counter back to zero."""

@@ -184,7 +184,7 @@ async def _cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> 
         if hit is None:
             _emit(out, {"key": args.key, "found": False}, args.json)
             return EXIT_NEGATIVE
-        raw = (await cache.backend.get_many([stored]))[0]
+        raw = (await cache.backend.read_many([stored]))[0]
         ttl = await cache.async_get_ttl(args.key)
         text = json.dumps(hit.value, indent=None if args.json else 2, default=str,
                           ensure_ascii=False)

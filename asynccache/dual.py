@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from . import envelope
-from .base import Backend, BaseCache, WriteItem
+from .base import BaseCache
 from .config import NOT_GIVEN, NotGiven
+from .contract import Backend, WriteItem
 
 
 class DualBackend(Backend):
@@ -30,12 +31,12 @@ class DualBackend(Backend):
             return cap
         return remaining if cap is None else min(cap, remaining)
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        found = await self.l1._read_many(keys)
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found = await self.l1.read_stored(keys)
         missing = [i for i, data in enumerate(found) if data is None]
         if not missing:
             return found
-        from_l2 = await self.l2._read_many([keys[i] for i in missing])
+        from_l2 = await self.l2.read_stored([keys[i] for i in missing])
         now = self.clock()
         fill: list[WriteItem] = []
         for index, data in zip(missing, from_l2, strict=True):
@@ -45,43 +46,42 @@ class DualBackend(Backend):
                 if ttl is None or ttl > 0:
                     fill.append((keys[index], data, ttl))
         if fill:
-            await self.l1._guard.set_many(fill)
+            await self.l1.write_stored(fill)
         return found
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         l1_items = [(key, data, self._l1_ttl(data, self.clock())) for key, data, _ in items]
         _, durable = await asyncio.gather(
-            self.l1._guard.set_many(l1_items), self.l2._write(items, None)
+            self.l1.write_stored(l1_items), self.l2.write_stored(items)
         )
         return durable
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         in_l1, in_l2 = await asyncio.gather(
-            self.l1._guard.delete_many(keys), self.l2._delete_stored(keys)
+            self.l1.delete_stored(keys), self.l2.delete_stored(keys)
         )
         return max(in_l1, in_l2)
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         in_l1, in_l2 = await asyncio.gather(
-            self.l1._guard.clear(prefix), self.l2._clear_prefix(prefix)
+            self.l1.clear_stored_prefix(prefix), self.l2.clear_stored_prefix(prefix)
         )
         return max(in_l1, in_l2)
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        value = await self.l2._guard.call(
-            "increment", lambda: self.l2.backend.increment(key, amount, ttl), None
-        )
+    async def increment_counter(self, key: str, amount: int | float,
+                                ttl: float | None) -> int | float:
+        value = await self.l2.increment_stored(key, amount, ttl)
         if value is None:
             raise ConnectionError("L2 increment failed")
-        await self.l1._guard.delete_many([key])
+        await self.l1.delete_stored([key])
         return value
 
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         return NOT_GIVEN
 
-    async def ping(self) -> None:
-        await self.l1.backend.ping()
-        await self.l2.backend.ping()
+    async def check_health(self) -> None:
+        await self.l1.async_test_connection()
+        await self.l2.async_test_connection()
 
     async def aclose(self) -> None:
         await asyncio.gather(self.l1.aclose(), self.l2.aclose())

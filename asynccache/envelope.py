@@ -12,9 +12,12 @@ only the value (no wrapper dict to build and check), reading the expiry never pa
 value, and ``header + payload`` is a fresh exact-size ``bytes``. The leading NUL byte can
 never start JSON text, so an entry can never be mistaken for a counter or for foreign data.
 
-Counters written by :meth:`BaseCache.async_increment` are stored as bare JSON numbers so
-stores with an atomic increment (Redis ``INCRBYFLOAT``) can update them in place; a bare
-number decodes as a value with no timestamps.
+Counters (:meth:`BaseCache.async_increment`) have one codec here too: stores without an
+atomic increment keep them as ordinary entries holding a number (so the counter's expiry
+travels with it like any entry's), stores with one (Redis ``INCRBYFLOAT``) keep them as
+bare JSON numbers, which decode as a value with no timestamps. Either way a counter is
+an ``int`` or a ``float`` and never a ``bool`` (:func:`is_counter_value`), and it reads
+back as an ``int`` when it is whole (:func:`counter_number`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,13 @@ from typing import Any
 
 import orjson
 
+from .config import NOT_GIVEN, NotGiven
 from .exceptions import SerializationError
+
+__all__ = [
+    "Entry", "counter_number", "decode", "encode", "encode_counter", "is_counter_value",
+    "peek_expires_at", "read_counter",
+]
 
 FORMAT_VERSION = 2
 MAGIC = b"\x00AC"
@@ -166,3 +175,51 @@ def peek_expires_at(data: bytes) -> float | None:
         return None
     _, _, flags, _, expires_at = _HEADER.unpack_from(data)
     return expires_at if flags & _HAS_EXPIRY else None
+
+
+# -- counters ---------------------------------------------------------------------------
+
+#: Integers orjson can write: a whole float outside this range stays a float.
+_INT_RANGE = (-(2**63), 2**63)
+
+
+def is_counter_value(value: object) -> bool:
+    """Whether ``value`` can be a counter: an int or a float, never a bool (``True == 1``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def counter_number(value: int | float) -> int | float:
+    """A counter's value as every backend returns it: an ``int`` when whole, else a float.
+
+    Redis answers ``INCRBYFLOAT`` with text such as ``b"3"``; the memory backend adds
+    Python ints. Both come back as ``3``.
+    """
+    if isinstance(value, float) and value.is_integer() and _INT_RANGE[0] <= value < _INT_RANGE[1]:
+        return int(value)
+    return value
+
+
+def read_counter(data: bytes | None, now: float) -> tuple[int | float, float | NotGiven | None]:
+    """``(value, expires_at)`` of a stored counter; ``(0, NOT_GIVEN)`` when there is none.
+
+    A missing, expired, unreadable or non-numeric entry starts a new counter (at 0, with
+    the caller's TTL: ``NOT_GIVEN``). A bare number has no expiry of its own either.
+    """
+    if data is None:
+        return 0, NOT_GIVEN
+    try:
+        entry = decode(data)
+    except CorruptEntry:
+        return 0, NOT_GIVEN
+    if entry.is_expired(now) or not is_counter_value(entry.value):
+        return 0, NOT_GIVEN
+    if entry.created_at is None:
+        return entry.value, NOT_GIVEN
+    return entry.value, entry.expires_at
+
+
+def encode_counter(value: int | float, now: float, expires_at: float | None) -> bytes:
+    """A counter as an entry, keeping its absolute expiry (``None``: never)."""
+    if not is_counter_value(value):
+        raise SerializationError(f"a counter must be an int or a float, got {value!r:.80}")
+    return encode(value, now, expires_at)

@@ -7,7 +7,8 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .base import BaseCache, CacheHit, SimilaritySearch, WriteItem
+from .base import BaseCache, CacheHit
+from .contract import SimilaritySearch, WriteItem
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import ConfigurationError
 from .keys import EXCLUDED_PARAMS, namespace_prefix, request_key

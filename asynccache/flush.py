@@ -34,7 +34,7 @@ from .exceptions import ConfigurationError
 from .stats import CacheStats
 
 if TYPE_CHECKING:
-    from .base import WriteItem
+    from .contract import WriteItem
 
 logger = logging.getLogger("asynccache.flush")
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .stats import CacheStats
 
 if TYPE_CHECKING:
-    from .base import Backend, WriteItem
+    from .contract import Backend, WriteItem
 
 logger = logging.getLogger("asynccache")
 T = TypeVar("T")
@@ -151,22 +151,23 @@ class GuardedBackend:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         empty: list[bytes | None] = []
-        ok, found = await self._call("get", lambda: self.backend.get_many(keys), empty, len(keys))
+        ok, found = await self._call("get", lambda: self.backend.read_many(keys), empty, len(keys))
         if not ok or len(found) != len(keys):
             return [None] * len(keys)
         return found
 
     async def set_many(self, items: Sequence[WriteItem]) -> list[bool]:
-        ok, result = await self._call("set", lambda: self.backend.set_many(items), None, len(items))
+        ok, result = await self._call("set", lambda: self.backend.write_many(items), None,
+                                      len(items))
         if not ok:
             return [False] * len(items)
         return [True] * len(items) if result is None else list(result)
 
     async def delete_many(self, keys: Sequence[str]) -> int:
-        return (await self._call("delete", lambda: self.backend.delete_many(keys), 0))[1]
+        return (await self._call("delete", lambda: self.backend.remove_many(keys), 0))[1]
 
     async def clear(self, prefix: str) -> int:
-        return (await self._call("clear", lambda: self.backend.clear(prefix), 0))[1]
+        return (await self._call("clear", lambda: self.backend.remove_prefix(prefix), 0))[1]
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T) -> T:
         return (await self._call(operation, make, fallback))[1]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import ConfigurationError, MissingExtraError
 
 if TYPE_CHECKING:
-    from .base import Backend
+    from .contract import Backend
 
 
 @dataclass(frozen=True)

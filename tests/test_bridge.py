@@ -19,8 +19,8 @@ import pytest
 
 from asynccache import BridgeError, MemoryCache, run_sync
 from asynccache.backends.memory import MemoryBackend
-from asynccache.base import WriteItem
 from asynccache.bridge import LoopLocal, _Bridge, bridge_loop
+from asynccache.contract import WriteItem
 
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="nobody")
 
@@ -279,8 +279,8 @@ class SignallingBackend(MemoryBackend):
         super().__init__()
         self.landed = threading.Event()
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
-        result = await super().set_many(items)
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        result = await super().write_many(items)
         self.landed.set()
         return result
 
@@ -336,19 +336,19 @@ _EXIT_SCRIPT = textwrap.dedent(
         def __init__(self, path):
             self.path = path
 
-        async def get_many(self, keys):
+        async def read_many(self, keys):
             return [None] * len(keys)
 
-        async def set_many(self, items):
+        async def write_many(self, items):
             with open(self.path, "a", encoding="utf-8") as out:
                 for key, data, ttl in items:
                     out.write(key + "\\n")
             return None
 
-        async def delete_many(self, keys):
+        async def remove_many(self, keys):
             return 0
 
-        async def clear(self, prefix):
+        async def remove_prefix(self, prefix):
             return 0
 
     path, how = sys.argv[1], sys.argv[2]

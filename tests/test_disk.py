@@ -12,7 +12,7 @@ import aiofiles.os
 import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError
-from asynccache.backends.disk import SUFFIX, DiskBackend, DiskCache, pack
+from asynccache.backends.disk import SUFFIX, DiskBackend, DiskCache, entry_file
 from asynccache.keys import namespace_prefix
 from tests.helpers import FakeClock, chat_completion
 
@@ -159,7 +159,7 @@ async def test_file_holding_another_key_is_a_miss(make):
     cache = make()
     path = file_of(cache, "wanted")
     path.parent.mkdir(parents=True)
-    path.write_bytes(pack("someone-else", b'{"v":1,"c":0,"e":null,"d":"theirs"}', None))
+    path.write_bytes(entry_file("someone-else", b"\x00theirs"))
     assert await cache.async_get_cache("wanted") is None
     assert await cache.async_get_cache("someone-else") is None  # lives at another path
 
@@ -268,7 +268,7 @@ async def test_clear_of_a_namespace_deletes_only_its_files(make, folder):
 async def test_clear_with_an_arbitrary_prefix_reads_the_stored_keys(make):
     cache = make()
     await cache.async_set_cache_pipeline({"user-1": 1, "user-2": 2, "other": 3})
-    assert await cache.backend.clear("user-") == 2
+    assert await cache.backend.remove_prefix("user-") == 2
     assert await cache.async_batch_get_cache(["user-1", "user-2", "other"]) == [None, None, 3]
 
 

@@ -24,7 +24,7 @@ from asynccache import (
     update_cache,
 )
 from asynccache.backends.memory import MemoryBackend
-from asynccache.base import Backend, WriteItem
+from asynccache.contract import Backend, WriteItem
 from asynccache.registry import BackendSpec
 from tests.helpers import FakeClock
 
@@ -256,16 +256,16 @@ class FailingBackend(Backend):
     name = "failing"
     remote = False
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         raise ConnectionError("down")
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         raise ConnectionError("down")
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         raise ConnectionError("down")
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         raise ConnectionError("down")
 
 

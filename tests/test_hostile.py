@@ -393,7 +393,7 @@ async def test_corrupt_bytes_planted_in_the_store_are_a_counted_miss(make_cache,
     async def body(data: bytes) -> None:
         key = _fresh("c")
         stored = cache._stored_key(key, cache.namespace)
-        await cache.backend.set_many([(stored, data, None)])
+        await cache.backend.write_many([(stored, data, None)])
         before = cache.stats()["corrupt_entries"]
         try:
             expected: Any = envelope.decode(data).value  # a bare number is a counter

@@ -100,13 +100,13 @@ async def test_embedding_entries_are_written_in_one_pipelined_batch():
     cache = Cache()
     litellm.cache = as_litellm_cache(cache)
     batches: list[int] = []
-    real = cache.backend.set_many
+    real = cache.backend.write_many
 
     async def counting(items):
         batches.append(len(items))
         return await real(items)
 
-    cache.backend.set_many = counting  # type: ignore[method-assign]
+    cache.backend.write_many = counting  # type: ignore[method-assign]
     try:
         response = EmbeddingResponse(
             model="text-embedding-3-small",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from asynccache import BaseCache, MemoryCache
-from asynccache.base import Backend, WriteItem
+from asynccache.contract import Backend, WriteItem
 from asynccache.stats import COUNTERS, LATENCY_BUCKETS, CacheStats
 from tests.helpers import chat_completion
 
@@ -133,16 +133,16 @@ class _Broken(Backend):
     name = "broken"
     remote = False
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         raise ConnectionError("down")
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         raise ConnectionError("down")
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         return 0
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         return 0
 
 
@@ -252,3 +252,10 @@ async def test_opentelemetry_callbacks_report_cache_stats():
         assert all(value >= 0 for value, _ in p99) and len(p99) == 2
     finally:
         await cache.aclose()
+
+
+async def test_backend_counters_reach_stats():
+    cache = MemoryCache(max_entries=2)
+    for key in ("a", "b", "c"):
+        await cache.async_set_cache(key, 1)
+    assert cache.stats()["backend_counters"] == {"evictions": 1}

@@ -10,11 +10,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import orjson
-
-from .. import envelope
-from ..base import Backend, BaseCache, WriteItem
+from ..base import BaseCache
 from ..config import NotGiven
+from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
 
 DEFAULT_MAX_ENTRIES = 100_000
@@ -77,19 +75,19 @@ class MemoryBackend(Backend):
             self.evictions += 1
         return True
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         now = self.clock()
         return [self._lookup(key, now) for key in keys]
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         now = self.clock()
         results = [self._store(key, data, ttl, now) for key, data, ttl in items]
         return None if all(results) else results
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         return sum(self._remove(key) for key in keys)
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         if not prefix:
             count = len(self._data)
             self._data.clear()
@@ -100,35 +98,21 @@ class MemoryBackend(Backend):
             self._remove(key)
         return len(doomed)
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        # No await between read and write: atomic on the event loop.
-        now = self.clock()
-        current = self._lookup(key, now)
-        value: float = 0
-        if current is not None:
-            try:
-                decoded = envelope.decode(current).value
-                value = decoded if isinstance(decoded, int | float) else 0
-            except envelope.CorruptEntry:
-                value = 0
-            expires_at = self._data[key][1]
-            ttl = None if expires_at is None else max(expires_at - now, 1e-9)
-        value += amount
-        self._store(key, orjson.dumps(value), ttl, now)
-        return value
-
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         now = self.clock()
         if self._lookup(key, now) is None:
             return None
         expires_at = self._data[key][1]
         return None if expires_at is None else max(0.0, expires_at - now)
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         return None
 
     def describe(self) -> dict[str, Any]:
         return {"max_entries": self.max_entries, "max_bytes": self.max_bytes}
+
+    def counters(self) -> dict[str, int]:
+        return {"evictions": self.evictions}
 
 
 class MemoryCache(BaseCache):

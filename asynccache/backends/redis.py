@@ -412,6 +412,13 @@ def _async_timeout(seconds: float) -> Any:
 
 # -- the backend ------------------------------------------------------------------------
 
+# Deletes the lease only if the caller's token still holds it (it may have expired and
+# been taken by another process meanwhile).
+_RELEASE_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end"
+)
+
 
 class RedisBackend(Backend):
     """One Redis server (or a proxy speaking its protocol): batches in one round trip.
@@ -467,7 +474,20 @@ class RedisBackend(Backend):
             raise reply
         return reply
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    # -- the lease capability ----------------------------------------------------------
+
+    async def acquire_lease(self, key: str, token: str, ttl: float) -> bool:
+        reply = await self.command(b"SET", key.encode(), token, b"NX", b"PX",
+                                   max(1, int(ttl * 1000)))
+        return reply is not None
+
+    async def lease_held(self, key: str) -> bool:
+        return bool(await self.command(b"EXISTS", key.encode()))
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        return bool(await self.command(b"EVAL", _RELEASE_SCRIPT, 1, key.encode(), token))
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         reply = (await self._run(pack(b"MGET", *[key.encode() for key in keys]), 1))[0]
@@ -475,18 +495,18 @@ class RedisBackend(Backend):
             raise reply
         return list(reply)
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         if not items:
             return None
         packed = b"".join([set_command(key, data, ttl) for key, data, ttl in items])
         return write_flags(await self._run(packed, len(items)))
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         return int(await self.command(b"UNLINK", *[key.encode() for key in keys]))
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         pattern = escape_glob(prefix).encode() + b"*"
         deleted = 0
         cursor: bytes | int = b"0"
@@ -498,7 +518,7 @@ class RedisBackend(Backend):
             if int(cursor) == 0:
                 return deleted
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+    async def increment_counter(self, key: str, amount: float, ttl: float | None) -> float:
         encoded = key.encode()
         number = repr(float(amount)) if not isinstance(amount, int) else str(amount)
         commands = [pack(b"INCRBYFLOAT", encoded, number)]
@@ -521,11 +541,11 @@ class RedisBackend(Backend):
             await self.command(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)))
         return float(value)
 
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         millis = int(await self.command(b"PTTL", key.encode()))
         return None if millis < 0 else millis / 1000
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         await self.command(b"PING")
 
     async def aclose(self) -> None:

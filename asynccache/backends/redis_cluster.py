@@ -280,7 +280,7 @@ class RedisClusterBackend(Backend):
 
     # -- the contract -------------------------------------------------------------------
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         encoded = [key.encode() for key in keys]
@@ -290,13 +290,13 @@ class RedisClusterBackend(Backend):
                 raise reply
         return [reply if isinstance(reply, bytes) else None for reply in replies]
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         if not items:
             return None
         commands = [set_command(key, data, ttl) for key, data, ttl in items]
         return write_flags(await self._batch(commands, [item[0].encode() for item in items]))
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         encoded = [key.encode() for key in keys]
@@ -306,7 +306,7 @@ class RedisClusterBackend(Backend):
                 raise reply
         return sum(int(reply) for reply in replies)
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         client = await self._client()
         pattern = escape_glob(prefix).encode() + b"*"
         primaries = client.get_primaries()
@@ -331,7 +331,7 @@ class RedisClusterBackend(Backend):
             if int(cursor) == 0:
                 return deleted
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+    async def increment_counter(self, key: str, amount: float, ttl: float | None) -> float:
         client = await self._client()
         number = str(amount) if isinstance(amount, int) else repr(float(amount))
         try:
@@ -349,12 +349,12 @@ class RedisClusterBackend(Backend):
             await client.execute_command("PEXPIRE", key, max(1, math.ceil(ttl * 1000)), "NX")
         return float(value)
 
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         client = await self._client()
         millis = int(await client.execute_command("PTTL", key))
         return None if millis < 0 else millis / 1000
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         client = await self._client()
         await client.execute_command("PING")
 

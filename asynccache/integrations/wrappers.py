@@ -34,11 +34,9 @@ from typing import Any
 
 from ..base import CacheHit
 from ..bridge import run_sync
-from ..config import NOT_GIVEN
 from ..controls import CacheControls
 from ..exceptions import ConfigurationError
 from ..facade import Cache, get_default_cache
-from ..keys import namespace_prefix
 from ..redact import redact
 from .embeddings import cached_embedding, split_inputs
 from .responses import (
@@ -53,7 +51,7 @@ from .responses import (
     type_path,
     unpack,
 )
-from .singleflight import LeaseOptions, RedisLease, SingleFlight, supports_lease
+from .singleflight import CacheLease, LeaseOptions, SingleFlight
 from .streaming import (
     KNOWN_RESPONSE_TYPES,
     KNOWN_STREAM_TYPES,
@@ -111,7 +109,7 @@ class CachedFunction:
             lease = None
         if lease is not None and not isinstance(lease, LeaseOptions):
             raise ConfigurationError(f"lease must be True or LeaseOptions(...), got {lease!r}")
-        if lease is not None and cache is not None and not supports_lease(cache.backend):
+        if lease is not None and cache is not None and not cache.supports_lease:
             raise ConfigurationError(
                 f"lease=... needs a Redis backend; this cache uses {cache.backend.name!r}")
         self.lease = lease
@@ -250,7 +248,7 @@ class CachedFunction:
         if hit is not None and payload is not None:
             result = rebuild(payload["data"], self._class_for(payload.get("type")))
             return _Outcome(payload, result, self._hit_info(hit, key))
-        if self.lease is not None and supports_lease(cache.backend):
+        if self.lease is not None and cache.supports_lease:
             return await self._leased_call(cache, args, kwargs, controls, key, self.lease)
         return await self._call_and_store(cache, args, kwargs, controls, key)
 
@@ -272,9 +270,7 @@ class CachedFunction:
     async def _leased_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
                            controls: CacheControls, key: str, options: LeaseOptions) -> _Outcome:
         """Cross-process single-flight: one holder of the Redis lease calls upstream."""
-        namespace = cache.namespace if controls.namespace is NOT_GIVEN else controls.namespace
-        lease = RedisLease(cache.backend, namespace_prefix(namespace) + "asynccache-lease:" + key,
-                           options)
+        lease = CacheLease(cache, key, controls.namespace, options)
         delay, waited = options.poll_initial, 0.0
         token: str | None = None
         while True:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..base import Backend, WriteItem
+from ..contract import Backend, WriteItem
 from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 from ..keys import canonical_request
@@ -160,16 +160,6 @@ def filter_hash(rest: Mapping[str, Any], prefix: str) -> str:
 def scope_tag(prefix: str) -> str:
     """The namespace prefix as a tag value safe for any store (hex, never empty)."""
     return hashlib.sha256(b"ns\x00" + prefix.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
-def key_head(stored_key: str) -> str:
-    """The first ``segment:`` of a stored key (``""`` if it has no ``:``).
-
-    A key starts with a one-segment prefix ``"seg:"`` exactly when its head is ``"seg:"``,
-    so ``clear(prefix)`` of a namespace can use an exact-match filter on the head.
-    """
-    head, sep, _ = stored_key.partition(":")
-    return head + sep if sep else ""
 
 
 def similarity_from_cosine_distance(distance: float) -> float:

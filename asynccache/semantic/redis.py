@@ -24,8 +24,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from ..base import WriteItem
 from ..bridge import LoopLocal
+from ..contract import WriteItem
 from ..exceptions import ConfigurationError
 from ..facade import Cache
 from .base import (
@@ -222,7 +222,7 @@ class RedisSemanticBackend(SemanticBackend):
 
     # -- exact-key contract -------------------------------------------------------------
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         client = await self._clients.get()
         async with client.pipeline(transaction=False) as pipe:
             for key in keys:
@@ -240,7 +240,7 @@ class RedisSemanticBackend(SemanticBackend):
         if ttl is not None:
             pipe.pexpire(name, max(1, int(ttl * 1000 + 0.999)))
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         client = await self._clients.get()
         async with client.pipeline(transaction=True) as pipe:
             for key, data, ttl in items:
@@ -248,13 +248,13 @@ class RedisSemanticBackend(SemanticBackend):
             await pipe.execute()
         return None
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         client = await self._clients.get()
         return int(await client.delete(*[self.key_prefix + key for key in keys]))
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         client = await self._clients.get()
         pattern = _escape_glob(self.key_prefix + prefix) + "*"
         deleted = 0
@@ -268,7 +268,7 @@ class RedisSemanticBackend(SemanticBackend):
             deleted += int(await client.unlink(*batch))
         return deleted
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         client = await self._clients.get()
         await client.ping()
         existing = await self._index_info_dimension(client)
