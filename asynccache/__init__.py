@@ -15,7 +15,7 @@ from typing import Any
 from .backends.memory import MemoryCache
 from .base import BaseCache, CacheHit
 from .bridge import run_sync
-from .config import NOT_GIVEN
+from .config import NOT_GIVEN, CacheSettings
 from .contract import Backend
 from .controls import CacheControls, CacheMode, parse_controls
 from .dual import DualCache
@@ -28,7 +28,9 @@ from .exceptions import (
     CacheTimeoutError,
     ConfigurationError,
     ItemTooLargeError,
+    MissingArgumentError,
     MissingExtraError,
+    ResponseTypeError,
     SerializationError,
 )
 from .facade import Cache, disable_cache, enable_cache, get_default_cache, update_cache
@@ -76,6 +78,7 @@ __all__ = [
     "CacheError",
     "CacheHit",
     "CacheMode",
+    "CacheSettings",
     "CacheTimeoutError",
     "ConfigurationError",
     "DiskCache",
@@ -83,11 +86,13 @@ __all__ = [
     "GCSCache",
     "ItemTooLargeError",
     "MemoryCache",
+    "MissingArgumentError",
     "MissingExtraError",
     "QdrantSemanticCache",
     "RedisCache",
     "RedisClusterCache",
     "RedisSemanticCache",
+    "ResponseTypeError",
     "S3Cache",
     "SerializationError",
     "__version__",

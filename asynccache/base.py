@@ -9,6 +9,7 @@ coalescing, stats, the fail-open error policy and the sync twins.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,8 +18,9 @@ from typing import Any
 
 from . import envelope
 from .bridge import register_exit_hook, sync_twin
-from .config import NOT_GIVEN, NotGiven, resolve_ttl, validate_ttl
-from .contract import Backend, LeaseSupport, WriteItem
+from .config import NOT_GIVEN, CacheSettings, NotGiven, resolve_ttl, validate_ttl
+from .contract import Backend, LeaseSupport, SimilaritySearch, WriteItem
+from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import (
     BackendError,
     CacheClosedError,
@@ -29,13 +31,20 @@ from .exceptions import (
 )
 from .flush import FlushQueue
 from .guard import CircuitBreaker, GuardedBackend
-from .keys import lease_key, namespace_prefix, stored_key
+from .keys import EXCLUDED_PARAMS, lease_key, namespace_prefix, request_key, stored_key
 from .lifecycle import install_sigterm_drain
 from .redact import redact
 from .stats import CacheStats
 
-DEFAULT_MAX_ITEM_SIZE = 16 * 1024 * 1024
-DEFAULT_TIMEOUT = 5.0
+__all__ = [
+    "DEFAULT_CALL_TYPES", "SYNC_TWINS", "BaseCache", "CacheHit",
+]
+
+#: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
+DEFAULT_CALL_TYPES: tuple[str, ...] = (
+    "completion", "acompletion", "embedding", "aembedding", "transcription", "atranscription",
+    "text_completion", "atext_completion", "rerank", "arerank", "responses", "aresponses",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,21 +131,14 @@ class _ReadCoalescer:
 
 
 class BaseCache:
-    """Template methods over a :class:`Backend`.
+    """Template methods over a :class:`~asynccache.contract.Backend`.
 
-    Settings shared by every backend:
-
-    * ``namespace``: prefix every key (``clear`` of one namespace leaves others intact);
-    * ``ttl``: default TTL in seconds for writes that do not pass one (``None``: never);
-    * ``max_item_size``: largest encoded entry in bytes (larger values raise);
-    * ``timeout``: seconds before a remote operation counts as failed (``None``: none);
-    * ``coalesce_reads``: merge concurrent single gets into one batch get (default: on
-      for remote backends);
-    * ``write_behind`` / ``flush_size`` / ``flush_interval`` / ``max_queue_size`` /
-      ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
-      :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
-    * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker;
-    * ``clock``: seconds since the epoch (inject one in tests).
+    Every cache (memory, disk, Redis, object stores, DualCache, semantic stores and the
+    :class:`~asynccache.Cache` facade) is one of these, so every cache has the key-value
+    API, the LLM API (:meth:`get_cache_key`, :meth:`async_lookup`, :meth:`async_store`,
+    usable by ``cached(fn, cache=...)``), stats and the sync twins. Its settings are a
+    :class:`~asynccache.config.CacheSettings`, passed whole (``cache_settings=``), as
+    keyword arguments, or both (keywords win).
 
     >>> cache = MemoryCache(ttl=60)                      # doctest: +SKIP
     >>> await cache.async_set_cache("k", {"answer": 42})  # doctest: +SKIP
@@ -144,57 +146,67 @@ class BaseCache:
     {'answer': 42}
     """
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        namespace: str | None = None,
-        ttl: float | None = None,
-        max_item_size: int = DEFAULT_MAX_ITEM_SIZE,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        coalesce_reads: bool | None = None,
-        write_behind: bool | None = None,
-        flush_size: int | None = None,
-        flush_interval: float = 0.05,
-        max_queue_size: int = 10_000,
-        queue_overflow: str = "wait",
-        flush_retries: int = 8,
-        breaker_threshold: int = 5,
-        breaker_cooldown: float = 5.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if namespace is not None:
-            namespace_prefix(namespace)  # validates
-        if not isinstance(max_item_size, int) or max_item_size <= 0:
+    def __init__(self, backend: Backend, cache_settings: CacheSettings | None = None,
+                 **options: Any) -> None:
+        settings = CacheSettings.build(options, type(self).__name__, cache_settings)
+        self.cache_settings = settings
+        if settings.namespace is not None:
+            namespace_prefix(settings.namespace)  # validates
+        max_item_size, timeout = settings.max_item_size, settings.timeout
+        if isinstance(max_item_size, bool) or not isinstance(max_item_size, int) \
+                or max_item_size <= 0:
             raise ConfigurationError(f"max_item_size must be a positive int, got {max_item_size!r}")
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self._init_llm_settings(settings)
         self.backend = backend
-        self.namespace = namespace
-        self.default_ttl = validate_ttl(ttl, "ttl")
+        self.namespace = settings.namespace
+        self.default_ttl = validate_ttl(settings.ttl, "ttl")
         self.max_item_size = max_item_size
-        self.clock = clock
+        self.clock = clock = settings.clock
         backend.clock = clock
         self._stats = CacheStats()
-        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
         self._guard = GuardedBackend(backend, self._stats, timeout=timeout, breaker=self.breaker)
-        coalesce = backend.remote if coalesce_reads is None else coalesce_reads
+        coalesce = backend.remote if settings.coalesce_reads is None else settings.coalesce_reads
         self._coalescer = (
             _ReadCoalescer(self._guard.get_many, backend.max_batch) if coalesce else None
         )
+        write_behind = settings.write_behind
         if write_behind is None:
-            write_behind = flush_size is not None
+            write_behind = settings.flush_size is not None
         self._queue: FlushQueue | None = None
         if write_behind:
             self._queue = FlushQueue(
                 self._guard.set_many, self._stats,
-                flush_size=flush_size or 500, flush_interval=flush_interval,
-                max_size=max_queue_size, overflow=queue_overflow, retries=flush_retries,
+                flush_size=settings.flush_size or 500, flush_interval=settings.flush_interval,
+                max_size=settings.max_queue_size, overflow=settings.queue_overflow,
+                retries=settings.flush_retries,
             )
             register_exit_hook(self)
             install_sigterm_drain()
         self._closed = False
         self._sync_inline = backend.loop_free and self._queue is None and self._coalescer is None
+
+    def _init_llm_settings(self, settings: CacheSettings) -> None:
+        try:
+            self.mode = CacheMode(settings.mode)
+        except ValueError:
+            raise ConfigurationError(
+                f"mode must be 'default_on' or 'default_off', got {settings.mode!r}"
+            ) from None
+        call_types = settings.supported_call_types
+        if isinstance(call_types, str):
+            raise ConfigurationError(
+                f"supported_call_types must be a list of call types, got {call_types!r}")
+        self.supported_call_types = tuple(
+            DEFAULT_CALL_TYPES if call_types is None else call_types)
+        self.caching_groups = [tuple(group) for group in settings.caching_groups or ()]
+        if settings.key_function is not None and not callable(settings.key_function):
+            raise ConfigurationError("key_function must be a callable taking the call's kwargs")
+        self.key_function = settings.key_function
+        excluded = settings.excluded_params
+        self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
 
     # -- naming -------------------------------------------------------------------------
 
@@ -468,6 +480,98 @@ class BaseCache:
         )
         return None if result is None else envelope.counter_number(result)
 
+    # -- LLM calls ----------------------------------------------------------------------
+
+    def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
+        """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
+
+        Argument and dict order never change it; credentials and transport settings are
+        left out. A ``cache_key=`` argument is returned as it is (a preset key), and a
+        ``key_function`` setting replaces the default.
+        """
+        preset = call_kwargs.get("cache_key")
+        if isinstance(preset, str) and preset:
+            return preset
+        if self.key_function is not None:
+            return self.key_function(*args, **call_kwargs)
+        if args:
+            raise ConfigurationError("get_cache_key takes the call's keyword arguments only")
+        return request_key(call_kwargs, caching_groups=self.caching_groups,
+                           excluded=self.excluded_params)
+
+    def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
+        """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
+        return parse_controls(controls)
+
+    def caches_call_type(self, call_type: str) -> bool:
+        """Whether calls of ``call_type`` are cached."""
+        return call_type in self.supported_call_types
+
+    async def async_lookup(
+        self, call_kwargs: Mapping[str, Any], *, controls: CacheControls | None = None,
+        key: str | None = None,
+    ) -> CacheHit | None:
+        """Look an LLM request up: exact key first, then similarity where the backend has it.
+
+        Honours the ``no-cache``, ``s-maxage``, ``namespace`` and ``use-cache`` controls
+        and the cache ``mode``. Never raises for backend failures (a failure is a miss).
+        """
+        controls = controls or DEFAULT_CONTROLS
+        if not controls.reads(self.mode):
+            return None
+        key = key or self.get_cache_key(**call_kwargs)
+        namespace = controls.namespace
+        hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        backend = self.backend
+        if hit is not None or not isinstance(backend, SimilaritySearch):
+            return hit
+        ns = self._namespace(namespace)
+        found = await self._guard.call(
+            "search_similar",
+            lambda: backend.search_similar(
+                call_kwargs, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        data, similarity, matched_prompt = found
+        semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
+                                    self.clock())
+        if semantic_hit is None:
+            return None
+        return dataclasses.replace(semantic_hit, similarity=similarity,
+                                   matched_prompt=matched_prompt)
+
+    async def async_store(
+        self, call_kwargs: Mapping[str, Any], value: Any, *,
+        controls: CacheControls | None = None, key: str | None = None,
+    ) -> bool:
+        """Store the answer to an LLM request (and index it where the backend searches).
+
+        Honours ``no-store``, ``ttl``, ``namespace`` and the cache ``mode``; returns
+        whether it was stored. ``value`` may be a pydantic model (a LiteLLM
+        ``ModelResponse``): it is stored as its JSON form. Unserializable values raise;
+        backend failures return False.
+        """
+        controls = controls or DEFAULT_CONTROLS
+        if not controls.writes(self.mode):
+            return False
+        self._check_open()
+        key = key or self.get_cache_key(**call_kwargs)
+        ns = self._namespace(controls.namespace)
+        item = self._encode(key, value, controls.ttl, ns, self.clock())
+        backend = self.backend
+        if not isinstance(backend, SimilaritySearch):
+            return (await self._write([item], ns))[0]
+        ok = await self._guard.call(
+            "index_similar",
+            lambda: _index(backend, call_kwargs, item, namespace_prefix(ns)),
+            False,
+        )
+        self._stats.add("sets" if ok else "set_failures", namespace=ns)
+        return ok
+
     # -- the lease capability (cross-process single-flight) ----------------------------
 
     @property
@@ -669,6 +773,8 @@ class BaseCache:
 
     # -- sync twins (generated, never hand-written) -------------------------------------
 
+    lookup = sync_twin(async_lookup)
+    store = sync_twin(async_store)
     get_cache = sync_twin(async_get_cache)
     get_entry = sync_twin(async_get_entry)
     batch_get_cache = sync_twin(async_batch_get_cache)
@@ -684,6 +790,12 @@ class BaseCache:
     test_connection = sync_twin(async_test_connection)
     flush = sync_twin(async_flush)
     close = sync_twin(aclose)
+
+
+async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,
+                 prefix: str) -> bool:
+    await backend.index_similar(call_kwargs, item, prefix=prefix)
+    return True
 
 
 #: The async methods that have a generated sync twin, by twin name.

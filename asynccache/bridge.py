@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from .exceptions import BridgeError
+from .exceptions import BridgeError, CacheTimeoutError
 
 logger = logging.getLogger("asynccache.bridge")
 
@@ -111,7 +111,7 @@ class _Bridge:
                 except concurrent.futures.TimeoutError:
                     waited += step
                     if timeout is not None and waited >= timeout:
-                        raise TimeoutError(
+                        raise CacheTimeoutError(
                             f"asynccache sync call did not finish within {timeout} s"
                         ) from None
         except BaseException:

@@ -30,6 +30,10 @@ from typing import IO, Any
 from .exceptions import CacheError
 from .keys import namespace_prefix
 
+__all__ = [
+    "build_cache", "build_parser", "find_benchmarks", "main", "parse_setting",
+]
+
 EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE = 0, 1, 2
 
 

@@ -23,7 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exceptions import ConfigurationError
 from .facade import Cache
+
+__all__ = [
+    "QUESTIONS", "SYSTEM_PROMPT", "DemoReport", "FakeModel", "build_workload", "format_report",
+    "run_demo",
+]
 
 SYSTEM_PROMPT = "You are a concise, friendly assistant for an online bookshop."
 
@@ -101,7 +107,7 @@ class FakeModel:
     def __init__(self, *, seed: int = 0, min_latency: float = 0.05,
                  max_latency: float = 0.3) -> None:
         if min_latency < 0 or max_latency < min_latency:
-            raise ValueError(
+            raise ConfigurationError(
                 f"need 0 <= min_latency <= max_latency, got {min_latency!r}, {max_latency!r}"
             )
         self.seed = seed
@@ -150,7 +156,7 @@ class FakeModel:
 def build_workload(calls: int, seed: int) -> list[dict[str, Any]]:
     """``calls`` chat requests: popular questions repeat, wording and temperature vary."""
     if calls <= 0:
-        raise ValueError(f"calls must be > 0, got {calls!r}")
+        raise ConfigurationError(f"calls must be > 0, got {calls!r}")
     rng = random.Random(seed)
     weights = [1 / (rank + 1) ** 1.1 for rank in range(len(QUESTIONS))]
     requests: list[dict[str, Any]] = []
@@ -204,7 +210,7 @@ async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
     otherwise through :meth:`Cache.async_lookup` / :meth:`Cache.async_store`.
     """
     if concurrency <= 0:
-        raise ValueError(f"concurrency must be > 0, got {concurrency!r}")
+        raise ConfigurationError(f"concurrency must be > 0, got {concurrency!r}")
     requests = build_workload(calls, seed)
     cache = Cache(ttl=3600)
     distinct = len({cache.get_cache_key(**r) for r in requests})

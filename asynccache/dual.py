@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from . import envelope
 from .base import BaseCache
 from .config import NOT_GIVEN, NotGiven
+from .exceptions import BackendError, MissingArgumentError
+
+__all__ = ["DualBackend", "DualCache", "create_dual_backend"]
 from .contract import Backend, WriteItem
 
 
@@ -72,7 +75,7 @@ class DualBackend(Backend):
                                 ttl: float | None) -> int | float:
         value = await self.l2.increment_stored(key, amount, ttl)
         if value is None:
-            raise ConnectionError("L2 increment failed")
+            raise BackendError("the L2 increment failed")
         await self.l1.delete_stored([key])
         return value
 
@@ -90,28 +93,53 @@ class DualBackend(Backend):
         return {"l1": self.l1.backend.name, "l2": self.l2.backend.name}
 
 
+def _tier(value: BaseCache | Mapping[str, Any] | None, which: str) -> BaseCache:
+    if isinstance(value, BaseCache):
+        return value
+    if isinstance(value, Mapping):
+        from .facade import Cache
+
+        settings = dict(value)
+        return Cache(settings.pop("type", "local"), **settings)
+    raise MissingArgumentError(
+        f"DualCache needs {which}: a cache or a dict of Cache settings, e.g. "
+        f"DualCache(MemoryCache(), RedisCache()) or "
+        f"Cache(type='dual', l2={{'type': 'redis', 'url': ...}}); got {value!r:.80}"
+    )
+
+
+def create_dual_backend(l1: BaseCache | Mapping[str, Any] | None = None,
+                        l2: BaseCache | Mapping[str, Any] | None = None) -> DualBackend:
+    """The backend of ``Cache(type="dual", l1=..., l2=...)``.
+
+    Each tier is a cache or a dict of :class:`~asynccache.Cache` settings with its
+    ``type``; ``l1`` defaults to an in-memory cache.
+    """
+    if l1 is None:
+        from .backends.memory import MemoryCache
+
+        l1 = MemoryCache()
+    return DualBackend(_tier(l1, "an L1"), _tier(l2, "an L2"))
+
+
 class DualCache(BaseCache):
     """L1 + L2: reads L1 then L2 and fills L1; writes both concurrently.
 
     A batch get asks L2 only for the keys L1 missed. L1 entries live at most
     ``l1.default_ttl`` seconds (and never past the entry's own expiry), which bounds how
-    stale one process can be after another process rewrites L2.
+    stale one process can be after another process rewrites L2. Also available as
+    ``Cache(type="dual", l1=..., l2=...)``.
 
     >>> dual = DualCache(MemoryCache(ttl=30), RedisCache(host="127.0.0.1"))  # doctest: +SKIP
     """
 
-    def __init__(self, l1: BaseCache | None = None, l2: BaseCache | None = None,
-                 **settings: Any) -> None:
-        if l1 is None:
-            from .backends.memory import MemoryCache
+    backend: DualBackend
 
-            l1 = MemoryCache()
-        if l2 is None:
-            raise TypeError(
-                "DualCache needs an L2 cache, e.g. DualCache(MemoryCache(), RedisCache())"
-            )
-        self.l1, self.l2 = l1, l2
-        super().__init__(DualBackend(l1, l2), **settings)
+    def __init__(self, l1: BaseCache | Mapping[str, Any] | None = None,
+                 l2: BaseCache | Mapping[str, Any] | None = None, **settings: Any) -> None:
+        backend = create_dual_backend(l1, l2)
+        self.l1, self.l2 = backend.l1, backend.l2
+        super().__init__(backend, **settings)
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "l1": self.l1.stats(), "l2": self.l2.stats()}

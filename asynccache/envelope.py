@@ -107,6 +107,14 @@ def _find_non_finite(value: Any) -> bool:
     return False
 
 
+def _json_default(value: Any) -> Any:
+    """orjson's fallback: pydantic models (a LiteLLM ``ModelResponse``) as their JSON form."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def encode(value: Any, created_at: float, expires_at: float | None, key: str = "") -> bytes:
     """Encode ``value`` as an entry; raise :class:`SerializationError` naming ``key``."""
     flags = 0 if expires_at is None else _HAS_EXPIRY
@@ -115,12 +123,12 @@ def encode(value: Any, created_at: float, expires_at: float | None, key: str = "
         flags |= _IS_BYTES
     else:
         try:
-            payload = orjson.dumps(value, option=_DUMP_OPTIONS)
+            payload = orjson.dumps(value, default=_json_default, option=_DUMP_OPTIONS)
         except (orjson.JSONEncodeError, TypeError) as exc:
             raise SerializationError(
                 f"cannot cache the value for key {key[:200]!r}: {exc} "
-                "(values must be JSON types, bytes, dataclasses or datetimes; "
-                "convert objects, e.g. pydantic models with .model_dump())"
+                "(values must be JSON types, bytes, dataclasses, datetimes or pydantic "
+                "models)"
             ) from exc
         # orjson writes NaN/Infinity as null, which would silently change the value; the
         # scan only runs when a null is present at all.

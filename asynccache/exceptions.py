@@ -4,12 +4,14 @@ Every error asynccache raises derives from :class:`CacheError`::
 
     CacheError
     ├── ConfigurationError (also ValueError)   a bad setting, control, TTL or type name
-    │   └── ItemTooLargeError                   a value over ``max_item_size``
+    │   ├── ItemTooLargeError                   a value over ``max_item_size``
+    │   └── MissingArgumentError (also TypeError) a required argument left out
     ├── SerializationError (also TypeError)    a value that cannot be stored as JSON
+    ├── ResponseTypeError (also TypeError)     an upstream call returned what cannot be replayed
     ├── MissingExtraError (also ImportError)   a backend whose extra is not installed
     ├── BackendError                            the store failed (translated at the boundary)
     │   ├── CacheConnectionError                unreachable, refused, bad credentials
-    │   └── CacheTimeoutError (also TimeoutError)
+    │   └── CacheTimeoutError (also TimeoutError) a backend call, or a sync call, took too long
     ├── CacheClosedError                        a call on a cache after ``aclose()``
     └── BridgeError (also RuntimeError)         misuse of the sync bridge
 
@@ -19,6 +21,12 @@ surface only from explicit health checks such as :meth:`BaseCache.test_connectio
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "BackendError", "BridgeError", "CacheClosedError", "CacheConnectionError", "CacheError",
+    "CacheTimeoutError", "ConfigurationError", "ItemTooLargeError", "MissingArgumentError",
+    "MissingExtraError", "ResponseTypeError", "SerializationError",
+]
 
 
 class CacheError(Exception):
@@ -33,8 +41,20 @@ class ItemTooLargeError(ConfigurationError):
     """A value whose encoded size is over the cache's ``max_item_size``."""
 
 
+class MissingArgumentError(ConfigurationError, TypeError):
+    """A required argument was left out (``DualCache()`` without an L2).
+
+    Also a :class:`TypeError`, which is what Python raises for a missing argument.
+    """
+
+
 class SerializationError(CacheError, TypeError):
     """A value that cannot be encoded (non-JSON object, NaN, nesting too deep...)."""
+
+
+class ResponseTypeError(CacheError, TypeError):
+    """An upstream call returned something a wrapper cannot cache or replay
+    (``stream=True`` that returned no iterable)."""
 
 
 class MissingExtraError(CacheError, ImportError):
@@ -50,7 +70,10 @@ class CacheConnectionError(BackendError):
 
 
 class CacheTimeoutError(BackendError, TimeoutError):
-    """A backend operation took longer than the configured timeout."""
+    """A backend operation, or a sync twin waiting on the bridge, took longer than allowed.
+
+    Also a :class:`TimeoutError`, so ``except TimeoutError`` keeps working.
+    """
 
 
 class CacheClosedError(CacheError):

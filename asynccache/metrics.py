@@ -26,6 +26,10 @@ from .stats import COUNTERS, CacheStats, HistogramSnapshot
 if TYPE_CHECKING:
     from .base import BaseCache
 
+__all__ = [
+    "OpenTelemetryMetrics", "PrometheusExporter", "enable_opentelemetry", "named_caches",
+]
+
 #: Counters that are sizes in bytes (OpenTelemetry unit ``By``).
 _BYTE_COUNTERS = frozenset({"bytes_read", "bytes_written"})
 #: Per-namespace counters.

@@ -23,6 +23,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "COUNTERS", "LATENCY_BUCKETS", "CacheStats", "HistogramSnapshot",
+]
+
 #: Counter names, in the order ``stats()`` reports them.
 COUNTERS = (
     "hits", "misses", "sets", "set_failures", "deletes", "errors", "timeouts",
@@ -59,7 +65,7 @@ class HistogramSnapshot:
         to the observed min and max, so a single observation returns itself.
         """
         if not 0 <= q <= 1:
-            raise ValueError(f"quantile must be between 0 and 1, got {q!r}")
+            raise ConfigurationError(f"quantile must be between 0 and 1, got {q!r}")
         if self.count == 0:
             return 0.0
         rank = q * self.count

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from asynccache import CacheClosedError, ItemTooLargeError, SerializationError
+from asynccache import CacheClosedError, ItemTooLargeError, SerializationError, cached
 from asynccache.base import SYNC_TWINS, BaseCache
+from asynccache.integrations import cache_info
+from tests.fake_llm import FakeLLM
 from tests.helpers import FakeClock, chat_completion, unique
 
 #: Backends whose counters are bare numbers updated in place by the server.
@@ -177,6 +179,33 @@ async def test_counter_keeps_the_expiry_of_its_first_write(make_cache, api_for):
     clock.advance(30)
     assert await api.async_get_cache("window") is None
     assert await api.async_increment("window", ttl=60) == 1
+
+
+# -- every cache is a full LLM cache --------------------------------------------------------
+
+
+async def test_every_cache_serves_cached_llm_calls(make_cache):
+    cache = make_cache()
+    llm = FakeLLM()
+    completion = cached(llm.chat, cache=cache)
+    question = [{"role": "user", "content": unique("question")}]
+    first = await completion(model="gpt-4o", messages=question)
+    second = await completion(model="gpt-4o", messages=question)
+    assert llm.chat_calls == 1
+    assert cache_info(second).cache_hit
+    assert second.model_dump() == first.model_dump()
+
+
+async def test_every_cache_stores_a_pydantic_response(make_cache):
+    cache = make_cache()
+    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": unique("q")}]}
+    response = await FakeLLM().chat(**request)
+    assert await cache.async_set_cache("response", response) is True
+    assert await cache.async_get_cache("response") == response.model_dump(mode="json")
+    assert await cache.async_store(request, response) is True
+    hit = await cache.async_lookup(request)
+    assert hit is not None and hit.value == response.model_dump(mode="json")
+    assert cache.get_cache_key(**request) == hit.key.rpartition(":")[2]
 
 
 async def test_values_are_isolated_from_caller_mutation(make_cache, api_for):

@@ -298,8 +298,16 @@ def test_bad_settings_raise_naming_them():
               redis_semantic_cache_index_name="llm:cache")
     with pytest.raises(ConfigurationError, match="hybrid_policy"):
         Cache(type="redis-semantic", embedding=HashEmbedder(), hybrid_policy="fastest")
-    with pytest.raises(ConfigurationError, match="does not accept"):
+    with pytest.raises(ConfigurationError, match="unknown setting 'colour'"):
         Cache(type="redis-semantic", embedding=HashEmbedder(), colour="blue")
+
+
+def test_redis_semantic_reads_the_same_redis_settings_as_redis(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@127.0.0.1:6399/0")
+    semantic = Cache(type="redis-semantic", embedding=HashEmbedder())
+    plain = Cache(type="redis")
+    assert semantic.backend.settings == plain.backend.settings
+    assert semantic.backend.settings.port == 6399
 
 
 @pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
@@ -360,8 +368,9 @@ async def test_embed_all_messages(make, store):
     assert await cache.async_lookup({"model": "m", "messages": other_topic}) is None
 
 
-async def test_cache_classes_are_the_facade_with_the_type_fixed(valkey_server):
-    from asynccache import QdrantSemanticCache, RedisSemanticCache
+async def test_semantic_cache_classes_are_caches_whose_backend_searches(valkey_server):
+    from asynccache import BaseCache, QdrantSemanticCache, RedisSemanticCache
+    from asynccache.contract import SimilaritySearch
 
     redis_cache = RedisSemanticCache(host="127.0.0.1", port=valkey_server.port,
                                      url=None, embedding=HashEmbedder(),
@@ -370,7 +379,9 @@ async def test_cache_classes_are_the_facade_with_the_type_fixed(valkey_server):
     try:
         for cache, type_name in ((redis_cache, "redis-semantic"),
                                  (qdrant_cache, "qdrant-semantic")):
-            assert isinstance(cache, Cache) and cache.type == type_name
+            assert isinstance(cache, BaseCache) and not isinstance(cache, Cache)
+            assert isinstance(cache.backend, SimilaritySearch)
+            assert cache.backend.name == type_name
             assert await cache.async_store(chat("ping pong"), 1) is True
             assert (await cache.async_lookup(chat("ping pong!"))).value == 1
     finally:

@@ -52,6 +52,11 @@ from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
 from ..keys import split_stored_key
 
+__all__ = [
+    "DEFAULT_DISK_CACHE_DIR", "DEFAULT_MAX_BYTES", "SUFFIX", "UNREADABLE", "DiskBackend",
+    "DiskCache", "entry_file", "read_entry_file",
+]
+
 DEFAULT_DISK_CACHE_DIR = "./.asynccache"
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # 1 GiB
 

@@ -15,6 +15,10 @@ from ..config import NotGiven
 from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
 
+__all__ = [
+    "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "MemoryBackend", "MemoryCache",
+]
+
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 

@@ -34,10 +34,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from ..base import Backend, BaseCache, WriteItem
+from ..base import BaseCache
 from ..bridge import LoopLocal
-from ..config import NotGiven, env_settings
+from ..config import NotGiven, env_settings, split_settings, unknown_setting
+from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
+
+__all__ = [
+    "CONNECTION_OPTIONS", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_HOST", "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PORT", "DEFAULT_SOCKET_TIMEOUT", "REDIS_SETTINGS", "ConnectionSet",
+    "RedisBackend", "RedisCache", "RedisSettings", "create_redis_backend", "escape_glob",
+    "pack_command", "parse_cluster_nodes", "redis_env_settings", "set_command",
+    "timeout_after", "write_flags",
+]
 
 _hiredis_pack: Any
 try:  # hiredis packs commands in C; redis[hiredis] brings it
@@ -62,9 +71,6 @@ CONNECTION_OPTIONS = frozenset({
     "ssl_password",
 })
 _NOT_ON_CLUSTER = frozenset({"ssl_ca_path", "ssl_password"})
-
-#: Environment variables read by :func:`redis_env_settings` (explicit arguments win).
-ENV_VARIABLES = ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_URL", "REDIS_CLUSTER_NODES")
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -233,10 +239,7 @@ class RedisSettings:
         allowed = CONNECTION_OPTIONS - (_NOT_ON_CLUSTER if nodes else frozenset())
         for name in options:
             if name not in allowed:
-                raise ConfigurationError(
-                    f"unknown Redis setting {name!r}; connection options accepted: "
-                    f"{', '.join(sorted(allowed))}"
-                )
+                raise unknown_setting("Redis", name, allowed | _RESOLVED_NAMES)
             if name.startswith("ssl_") and not use_ssl:
                 raise ConfigurationError(f"{name} needs ssl=True or a rediss:// url")
         return cls(
@@ -254,6 +257,15 @@ class RedisSettings:
             startup_nodes=nodes,
             extra=options,
         )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> RedisSettings:
+        """Settings from the keyword arguments a user wrote (``host=``, ``url=``,
+        ``ssl_ca_certs=``...); an unknown one raises naming the closest known name."""
+        named = {k: v for k, v in options.items() if k in _RESOLVED_NAMES}
+        extra = {k: v for k, v in options.items() if k not in _RESOLVED_NAMES}
+        return cls.resolve(**named, environ=environ, extra=extra)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for a ``redis.asyncio`` connection (password included)."""
@@ -284,10 +296,19 @@ class RedisSettings:
         return described
 
 
+#: Settings :meth:`RedisSettings.resolve` takes by name.
+_RESOLVED_NAMES = frozenset({
+    "host", "port", "password", "username", "db", "url", "ssl", "max_connections",
+    "socket_timeout", "socket_connect_timeout", "startup_nodes",
+})
+#: Every connection setting a Redis cache accepts (single, cluster and semantic).
+REDIS_SETTINGS = _RESOLVED_NAMES | CONNECTION_OPTIONS | {"redis_startup_nodes"}
+
+
 # -- the wire ---------------------------------------------------------------------------
 
 
-def pack(*args: bytes | str | int) -> bytes:
+def pack_command(*args: bytes | str | int) -> bytes:
     """One command in the Redis protocol (hiredis packs it in C when installed)."""
     if _hiredis_pack is not None:
         packed: bytes = _hiredis_pack(args)
@@ -303,10 +324,10 @@ def set_command(key: str, data: bytes, ttl: float | None) -> bytes:
     """``SET key data [EX s | PX ms]``: whole seconds use EX, fractions use PX."""
     encoded = key.encode()
     if ttl is None:
-        return pack(b"SET", encoded, data)
+        return pack_command(b"SET", encoded, data)
     if float(ttl).is_integer():
-        return pack(b"SET", encoded, data, b"EX", int(ttl))
-    return pack(b"SET", encoded, data, b"PX", max(1, math.ceil(ttl * 1000)))
+        return pack_command(b"SET", encoded, data, b"EX", int(ttl))
+    return pack_command(b"SET", encoded, data, b"PX", max(1, math.ceil(ttl * 1000)))
 
 
 def escape_glob(text: str) -> str:
@@ -377,7 +398,7 @@ class ConnectionSet:
         if timeout is None:
             return await self._send_and_read(conn, packed, replies)
         # One deadline for the whole batch rather than one timer per reply.
-        async with _async_timeout(timeout):
+        async with timeout_after(timeout):
             return await self._send_and_read(conn, packed, replies)
 
     @staticmethod
@@ -402,7 +423,8 @@ class ConnectionSet:
                 pass
 
 
-def _async_timeout(seconds: float) -> Any:
+def timeout_after(seconds: float) -> Any:
+    """An async context manager that cancels its body after ``seconds`` (3.10 too)."""
     if hasattr(asyncio, "timeout"):
         return asyncio.timeout(seconds)
     from redis.asyncio.connection import async_timeout  # pragma: no cover - Python 3.10
@@ -423,39 +445,22 @@ _RELEASE_SCRIPT = (
 class RedisBackend(Backend):
     """One Redis server (or a proxy speaking its protocol): batches in one round trip.
 
-    Settings: ``host``, ``port``, ``password``, ``username``, ``db``, ``url``
-    (``redis://`` or ``rediss://`` for TLS), ``ssl``, ``max_connections``,
-    ``socket_timeout``, ``socket_connect_timeout``; unset ones come from ``REDIS_HOST``,
-    ``REDIS_PORT``, ``REDIS_PASSWORD`` and ``REDIS_URL``. Extra keyword arguments
-    (``ssl_ca_certs``, ``ssl_cert_reqs``, ``client_name``...) go to the connections.
+    Settings are those of :class:`RedisSettings` (``host``, ``port``, ``password``,
+    ``username``, ``db``, ``url``, ``ssl``, ``max_connections``, timeouts, and connection
+    options such as ``ssl_ca_certs``); unset ones come from ``REDIS_HOST``,
+    ``REDIS_PORT``, ``REDIS_PASSWORD`` and ``REDIS_URL``.
     """
 
     name: ClassVar[str] = "redis"
     remote: ClassVar[bool] = True
     max_batch: ClassVar[int] = 1000
 
-    def __init__(
-        self,
-        host: str | None = None,
-        port: int | str | None = None,
-        *,
-        password: str | None = None,
-        username: str | None = None,
-        db: int | str | None = None,
-        url: str | None = None,
-        ssl: bool | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        settings: RedisSettings | None = None,
-        **connection_options: Any,
-    ) -> None:
+    def __init__(self, host: str | None = None, port: int | str | None = None, *,
+                 settings: RedisSettings | None = None, **options: Any) -> None:
         if settings is None:
-            settings = RedisSettings.resolve(
-                host=host, port=port, password=password, username=username, db=db, url=url,
-                ssl=ssl, max_connections=max_connections, socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout, extra=connection_options,
-            )
+            settings = RedisSettings.from_options(
+                {**options, **({"host": host} if host is not None else {}),
+                 **({"port": port} if port is not None else {})})
         self.settings = replace(settings, startup_nodes=())
         self._connections: LoopLocal[ConnectionSet] = LoopLocal(self._open, _close)
 
@@ -469,7 +474,7 @@ class RedisBackend(Backend):
 
     async def command(self, *args: bytes | str | int) -> Any:
         """Run one command and return its reply (an error reply raises)."""
-        reply = (await self._run(pack(*args), 1))[0]
+        reply = (await self._run(pack_command(*args), 1))[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -490,7 +495,7 @@ class RedisBackend(Backend):
     async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        reply = (await self._run(pack(b"MGET", *[key.encode() for key in keys]), 1))[0]
+        reply = (await self._run(pack_command(b"MGET", *[key.encode() for key in keys]), 1))[0]
         if isinstance(reply, Exception):
             raise reply
         return list(reply)
@@ -521,10 +526,10 @@ class RedisBackend(Backend):
     async def increment_counter(self, key: str, amount: float, ttl: float | None) -> float:
         encoded = key.encode()
         number = repr(float(amount)) if not isinstance(amount, int) else str(amount)
-        commands = [pack(b"INCRBYFLOAT", encoded, number)]
+        commands = [pack_command(b"INCRBYFLOAT", encoded, number)]
         if ttl is not None:
             # NX: the TTL applies only when the counter has none (it was just created).
-            commands.append(pack(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)), b"NX"))
+            commands.append(pack_command(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)), b"NX"))
         # Not retried: INCRBYFLOAT is not idempotent.
         replies = await self._run(b"".join(commands), len(commands), retry=False)
         value = replies[0]
@@ -566,40 +571,23 @@ async def _close(connections: ConnectionSet) -> None:
 
 
 def create_redis_backend(
-    *,
-    redis_startup_nodes: object = None,
-    startup_nodes: object = None,
-    host: str | None = None,
-    port: int | str | None = None,
-    password: str | None = None,
-    username: str | None = None,
-    db: int | str | None = None,
-    url: str | None = None,
-    ssl: bool | None = None,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-    socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-    cluster_retry_seconds: float | None = None,
-    environ: Mapping[str, str] | None = None,
-    **connection_options: Any,
+    *, redis_startup_nodes: object = None, cluster_retry_seconds: float | None = None,
+    environ: Mapping[str, str] | None = None, **options: Any,
 ) -> Backend:
     """The backend for ``Cache(type="redis", ...)``.
 
-    A Redis Cluster backend when ``redis_startup_nodes`` is given (or
-    ``REDIS_CLUSTER_NODES`` is set and no explicit host/port/url is), else a single
-    Redis. Explicit arguments override environment variables.
-    ``cluster_retry_seconds`` (cluster only) bounds how long a batch retries through a
-    failover.
+    A Redis Cluster backend when ``redis_startup_nodes`` (or ``startup_nodes``) is given,
+    or ``REDIS_CLUSTER_NODES`` is set and no explicit host/port/url is; else a single
+    Redis. ``options`` are :class:`RedisSettings`; explicit ones override environment
+    variables. ``cluster_retry_seconds`` (cluster only) bounds how long a batch retries
+    through a failover.
     """
-    nodes = redis_startup_nodes if redis_startup_nodes is not None else startup_nodes
-    if db is not None and nodes is not None and int(db) != 0:
+    if redis_startup_nodes is not None:
+        options = {**options, "startup_nodes": redis_startup_nodes}
+    db = options.get("db")
+    if db is not None and options.get("startup_nodes") is not None and int(db) != 0:
         raise ConfigurationError("db must be 0 on Redis Cluster")
-    settings = RedisSettings.resolve(
-        host=host, port=port, password=password, username=username, db=db, url=url, ssl=ssl,
-        max_connections=max_connections, socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout, startup_nodes=nodes, environ=environ,
-        extra=connection_options,
-    )
+    settings = RedisSettings.from_options(options, environ)
     if settings.startup_nodes:
         from .redis_cluster import RedisClusterBackend
 
@@ -609,22 +597,6 @@ def create_redis_backend(
     if cluster_retry_seconds is not None:
         raise ConfigurationError("cluster_retry_seconds applies to Redis Cluster only")
     return RedisBackend(settings=settings)
-
-
-_BACKEND_ARGS = frozenset({
-    "host", "port", "password", "username", "db", "url", "ssl", "max_connections",
-    "socket_timeout", "socket_connect_timeout",
-})
-
-
-def split_backend_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate connection settings from :class:`BaseCache` settings."""
-    import inspect
-
-    common_names = set(inspect.signature(BaseCache.__init__).parameters) - {"self", "backend"}
-    common = {k: v for k, v in settings.items() if k in common_names}
-    backend = {k: v for k, v in settings.items() if k not in common_names}
-    return common, backend
 
 
 class RedisCache(BaseCache):
@@ -641,5 +613,5 @@ class RedisCache(BaseCache):
 
     def __init__(self, host: str | None = None, port: int | str | None = None,
                  **settings: Any) -> None:
-        common, backend = split_backend_settings(settings)
-        super().__init__(RedisBackend(host, port, **backend), **common)
+        backend, cache = split_settings("RedisCache", settings, RedisBackend, REDIS_SETTINGS)
+        super().__init__(RedisBackend(host, port, **backend), **cache)

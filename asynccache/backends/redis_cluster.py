@@ -37,22 +37,25 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..base import Backend, BaseCache, WriteItem
+from ..base import BaseCache
 from ..bridge import LoopLocal
-from ..config import NotGiven
+from ..config import NotGiven, split_settings
+from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
 from .redis import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SOCKET_TIMEOUT,
+    REDIS_SETTINGS,
     RedisSettings,
-    _async_timeout,
     escape_glob,
-    pack,
+    pack_command,
     set_command,
-    split_backend_settings,
+    timeout_after,
     write_flags,
 )
+
+__all__ = [
+    "DEFAULT_CLUSTER_RETRY_SECONDS", "ClusterRetryExhausted", "RedisClusterBackend",
+    "RedisClusterCache",
+]
 
 logger = logging.getLogger("asynccache")
 
@@ -82,33 +85,17 @@ class RedisClusterBackend(Backend):
     remote: ClassVar[bool] = True
     max_batch: ClassVar[int] = 1000
 
-    def __init__(
-        self,
-        startup_nodes: object = None,
-        *,
-        redis_startup_nodes: object = None,
-        host: str | None = None,
-        port: int | str | None = None,
-        password: str | None = None,
-        username: str | None = None,
-        ssl: bool | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        cluster_retry_seconds: float = DEFAULT_CLUSTER_RETRY_SECONDS,
-        settings: RedisSettings | None = None,
-        **connection_options: Any,
-    ) -> None:
+    def __init__(self, startup_nodes: object = None, *,
+                 cluster_retry_seconds: float = DEFAULT_CLUSTER_RETRY_SECONDS,
+                 settings: RedisSettings | None = None, **options: Any) -> None:
         if settings is None:
-            nodes = startup_nodes if startup_nodes is not None else redis_startup_nodes
+            nodes = startup_nodes
+            if nodes is None:
+                nodes = options.pop("redis_startup_nodes", None)
+            host = options.pop("host", None)
             if nodes is None and host is not None:
-                nodes = [{"host": host, "port": port or 6379}]
-            settings = RedisSettings.resolve(
-                password=password, username=username, ssl=ssl,
-                max_connections=max_connections, socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout, startup_nodes=nodes,
-                extra=connection_options,
-            )
+                nodes = [{"host": host, "port": options.pop("port", None) or 6379}]
+            settings = RedisSettings.from_options({**options, "startup_nodes": nodes})
         if not settings.startup_nodes:
             raise ConfigurationError(
                 "Redis Cluster needs startup_nodes=[{'host': ..., 'port': ...}] "
@@ -174,7 +161,7 @@ class RedisClusterBackend(Backend):
             timeout = self.settings.socket_timeout
             if timeout is None:
                 return await _send_and_read(conn, commands)
-            async with _async_timeout(timeout):
+            async with timeout_after(timeout):
                 return await _send_and_read(conn, commands)
         except BaseException:
             await conn.disconnect(nowait=True)
@@ -273,7 +260,7 @@ class RedisClusterBackend(Backend):
         if node is None:
             node = ClusterNode(ask.host, ask.port, **client.nodes_manager.connection_kwargs)
         try:
-            replies = await self._node_exchange(node, [pack(b"ASKING"), command])
+            replies = await self._node_exchange(node, [pack_command(b"ASKING"), command])
         except _NODE_FAILURES as exc:
             return TryAgainError(str(exc))
         return replies[1]
@@ -284,7 +271,7 @@ class RedisClusterBackend(Backend):
         if not keys:
             return []
         encoded = [key.encode() for key in keys]
-        replies = await self._batch([pack(b"GET", key) for key in encoded], encoded)
+        replies = await self._batch([pack_command(b"GET", key) for key in encoded], encoded)
         for reply in replies:
             if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                 raise reply
@@ -300,7 +287,7 @@ class RedisClusterBackend(Backend):
         if not keys:
             return 0
         encoded = [key.encode() for key in keys]
-        replies = await self._batch([pack(b"UNLINK", key) for key in encoded], encoded)
+        replies = await self._batch([pack_command(b"UNLINK", key) for key in encoded], encoded)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -318,7 +305,7 @@ class RedisClusterBackend(Backend):
         cursor: bytes = b"0"
         while True:
             reply = (await self._node_exchange(
-                node, [pack(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", _SCAN_COUNT)]
+                node, [pack_command(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", _SCAN_COUNT)]
             ))[0]
             if isinstance(reply, Exception):
                 raise reply
@@ -326,7 +313,7 @@ class RedisClusterBackend(Backend):
             if keys:
                 # Routed by slot again (not sent to this node blindly): a key may have
                 # moved since the scan saw it.
-                replies = await self._batch([pack(b"UNLINK", key) for key in keys], keys)
+                replies = await self._batch([pack_command(b"UNLINK", key) for key in keys], keys)
                 deleted += sum(int(r) for r in replies if not isinstance(r, Exception))
             if int(cursor) == 0:
                 return deleted
@@ -404,7 +391,8 @@ class RedisClusterCache(BaseCache):
     """
 
     def __init__(self, startup_nodes: object = None, **settings: Any) -> None:
-        common, backend = split_backend_settings(settings)
-        super().__init__(RedisClusterBackend(startup_nodes, **backend), **common)
+        backend, cache = split_settings("RedisClusterCache", settings, RedisClusterBackend,
+                                        REDIS_SETTINGS)
+        super().__init__(RedisClusterBackend(startup_nodes, **backend), **cache)
 
 

@@ -32,6 +32,10 @@ from .responses import (
     type_path,
 )
 
+__all__ = [
+    "KIND", "cached_embedding", "split_inputs",
+]
+
 logger = logging.getLogger("asynccache.integrations")
 
 KIND = "embedding"

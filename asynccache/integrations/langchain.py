@@ -24,11 +24,15 @@ from langchain_core.caches import BaseCache as LangChainBaseCache
 from langchain_core.load import dumps, loads
 from langchain_core.outputs import Generation
 
+from ..base import BaseCache
 from ..bridge import sync_twin
 from ..config import NOT_GIVEN, NotGiven
 from ..exceptions import ConfigurationError
-from ..facade import Cache
 from ..keys import request_key
+
+__all__ = [
+    "AsyncCacheLangChain",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -44,11 +48,12 @@ class AsyncCacheLangChain(LangChainBaseCache):
     * ``ttl``: seconds entries live (default: the cache's TTL; ``None``: never expire).
     """
 
-    def __init__(self, cache: Cache, *, namespace: str | None = None,
+    def __init__(self, cache: BaseCache, *, namespace: str | None = None,
                  ttl: float | NotGiven | None = NOT_GIVEN) -> None:
-        if not isinstance(cache, Cache):
+        if not isinstance(cache, BaseCache):
             raise ConfigurationError(
-                f"AsyncCacheLangChain needs an asynccache.Cache, got {type(cache).__name__}")
+                "AsyncCacheLangChain needs an asynccache cache (Cache, MemoryCache, "
+                f"RedisCache...), got {type(cache).__name__}")
         self.cache = cache
         if namespace is None:
             namespace = f"{cache.namespace}.langchain" if cache.namespace else "langchain"

@@ -18,7 +18,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from ..exceptions import ResponseTypeError
 from .responses import CacheInfo, is_pydantic, to_data
+
+__all__ = [
+    "KNOWN_RESPONSE_TYPES", "KNOWN_STREAM_TYPES", "REPLAY_CHUNK_CHARS", "CachedStream",
+    "NotAssemblable", "ReplayStream", "StreamAssembler", "replay_chunks",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -347,4 +353,5 @@ def _async_iter(upstream: Any) -> Any:
         return upstream.__aiter__()
     if hasattr(upstream, "__iter__"):
         return _wrap_sync_iter(upstream)
-    raise TypeError(f"stream=True call returned a {type(upstream).__name__}, not an iterable")
+    raise ResponseTypeError(
+        f"stream=True call returned a {type(upstream).__name__}, not an iterable")

@@ -32,24 +32,24 @@ import logging
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from ..base import CacheHit
+from ..base import BaseCache, CacheHit
 from ..bridge import run_sync
 from ..controls import CacheControls
 from ..exceptions import ConfigurationError
-from ..facade import Cache, get_default_cache
+from ..facade import get_default_cache
 from ..redact import redact
 from .embeddings import cached_embedding, split_inputs
 from .responses import (
     CacheInfo,
     attach_info,
     cache_info,
+    from_payload,
     is_empty,
     is_pydantic,
-    pack,
     rebuild,
     resolve_type,
+    to_payload,
     type_path,
-    unpack,
 )
 from .singleflight import CacheLease, LeaseOptions, SingleFlight
 from .streaming import (
@@ -59,6 +59,10 @@ from .streaming import (
     ReplayStream,
     replay_chunks,
 )
+
+__all__ = [
+    "EMBEDDING_CALL_TYPES", "CachedFunction", "OnHit", "SyncStream", "cached", "cached_sync",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -84,14 +88,15 @@ _FLIGHTS: SingleFlight[_Outcome] = SingleFlight()
 class CachedFunction:
     """The state behind a ``cached`` wrapper (its remembered response types, flights)."""
 
-    def __init__(self, fn: Callable[..., Any], cache: Cache | None, call_type: str,
+    def __init__(self, fn: Callable[..., Any], cache: BaseCache | None, call_type: str,
                  key: Callable[..., str] | None, on_hit: OnHit | None,
                  single_flight: bool, lease: LeaseOptions | bool | None = None) -> None:
         if not callable(fn):
             raise ConfigurationError(f"cached() needs a callable, got {type(fn).__name__}")
-        if cache is not None and not isinstance(cache, Cache):
+        if cache is not None and not isinstance(cache, BaseCache):
             raise ConfigurationError(
-                f"cache must be an asynccache.Cache, got {type(cache).__name__}")
+                f"cache must be an asynccache cache (Cache, MemoryCache, RedisCache...), "
+                f"got {type(cache).__name__}")
         if key is not None and not callable(key):
             raise ConfigurationError("key must be a callable taking the call's kwargs")
         self.fn = fn
@@ -116,10 +121,10 @@ class CachedFunction:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _resolve_cache(self) -> Cache | None:
+    def _resolve_cache(self) -> BaseCache | None:
         return self.cache if self.cache is not None else get_default_cache()
 
-    def _enabled_for(self, cache: Cache) -> bool:
+    def _enabled_for(self, cache: BaseCache) -> bool:
         name = self.call_type
         return cache.caches_call_type(name) or cache.caches_call_type("a" + name) or (
             name.startswith("a") and cache.caches_call_type(name[1:]))
@@ -130,7 +135,7 @@ class CachedFunction:
             result = await result
         return result
 
-    def _key(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    def _key(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         if self.key is not None:
             key = self.key(*args, **kwargs)
             if not isinstance(key, str) or not key:
@@ -171,7 +176,7 @@ class CachedFunction:
 
     @staticmethod
     def _payload_of(hit: CacheHit) -> dict[str, Any] | None:
-        payload = unpack(hit.value)
+        payload = from_payload(hit.value)
         if payload is None and isinstance(hit.value, dict) and "choices" in hit.value:
             # An entry written directly with set_cache(get_cache_key(...), response).
             payload = {"type": None, "data": hit.value}
@@ -223,7 +228,7 @@ class CachedFunction:
             await self._notify(outcome.info)
         return attach_info(result, outcome.info)
 
-    async def _lookup(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
+    async def _lookup(self, cache: BaseCache, kwargs: dict[str, Any], controls: CacheControls,
                       key: str) -> CacheHit | None:
         if not controls.reads(cache.mode):
             return None
@@ -233,7 +238,7 @@ class CachedFunction:
             self._fail_open("cache lookup", exc)
             return None
 
-    async def _store(self, cache: Cache, kwargs: dict[str, Any], payload: dict[str, Any],
+    async def _store(self, cache: BaseCache, kwargs: dict[str, Any], payload: dict[str, Any],
                      controls: CacheControls, key: str) -> None:
         try:
             await cache.async_store(kwargs, payload, controls=controls, key=key)
@@ -241,7 +246,7 @@ class CachedFunction:
             logger.warning("asynccache: storing a response failed (the call still succeeds): "
                            "%s: %s", type(exc).__name__, redact(str(exc))[:300])
 
-    async def _lookup_or_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _lookup_or_call(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                               controls: CacheControls, key: str) -> _Outcome:
         hit = await self._lookup(cache, kwargs, controls, key)
         payload = None if hit is None else self._payload_of(hit)
@@ -252,7 +257,7 @@ class CachedFunction:
             return await self._leased_call(cache, args, kwargs, controls, key, self.lease)
         return await self._call_and_store(cache, args, kwargs, controls, key)
 
-    async def _call_and_store(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _call_and_store(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                               controls: CacheControls, key: str) -> _Outcome:
         result = await self._upstream(args, kwargs)  # errors propagate, nothing is stored
         self._learn(result)
@@ -260,14 +265,14 @@ class CachedFunction:
         if is_empty(result):
             return _Outcome(None, result, info)
         try:
-            payload = pack(result)
+            payload = to_payload(result)
         except Exception as exc:
             self._fail_open("serialising the response", exc)
             return _Outcome(None, result, info)
         await self._store(cache, kwargs, payload, controls, key)
         return _Outcome(payload, result, info)
 
-    async def _leased_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _leased_call(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                            controls: CacheControls, key: str, options: LeaseOptions) -> _Outcome:
         """Cross-process single-flight: one holder of the Redis lease calls upstream."""
         lease = CacheLease(cache, key, controls.namespace, options)
@@ -302,7 +307,7 @@ class CachedFunction:
 
     # -- streaming ----------------------------------------------------------------------
 
-    async def _stream(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _stream(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                       controls: CacheControls, key: str) -> Any:
         hit = await self._lookup(cache, kwargs, controls, key)
         payload = None if hit is None else self._payload_of(hit)
@@ -325,14 +330,14 @@ class CachedFunction:
             stored_type = KNOWN_STREAM_TYPES.get(type_path(chunk_type)) if chunk_type else None
             if stored_type is None and self.response_type is not None:
                 stored_type = type_path(self.response_type)
-            payload = {**pack(assembled), "type": stored_type}
+            payload = {**to_payload(assembled), "type": stored_type}
             await self._store(cache, kwargs, payload, controls, key)
 
         return CachedStream(upstream, on_complete, info)
 
     # -- embeddings ---------------------------------------------------------------------
 
-    async def _embedding(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
+    async def _embedding(self, cache: BaseCache, kwargs: dict[str, Any], controls: CacheControls,
                          inputs: list[Any], single: bool) -> Any:
         def key_for(item_kwargs: dict[str, Any]) -> str:
             return self._key(cache, (), item_kwargs)
@@ -355,7 +360,7 @@ class CachedFunction:
 
 def cached(
     fn: Callable[..., Any],
-    cache: Cache | None = None,
+    cache: BaseCache | None = None,
     *,
     call_type: str = "completion",
     key: Callable[..., str] | None = None,
@@ -435,7 +440,7 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
 
 def cached_sync(
     fn: Callable[..., Any],
-    cache: Cache | None = None,
+    cache: BaseCache | None = None,
     *,
     call_type: str = "completion",
     key: Callable[..., str] | None = None,

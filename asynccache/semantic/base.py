@@ -24,6 +24,13 @@ from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 from ..keys import canonical_request
 
+__all__ = [
+    "DEFAULT_SIMILARITY_THRESHOLD", "FILTER_VERSION", "EmbedWhat", "SemanticBackend",
+    "SemanticSettings", "clamp_similarity", "content_text", "filter_hash", "parse_embed_what",
+    "parse_threshold", "scope_tag", "similarity_from_cosine_distance",
+    "similarity_from_cosine_score", "split_request",
+]
+
 DEFAULT_SIMILARITY_THRESHOLD = 0.8
 
 # Stands in for the embedded text inside the filter hash: the rest of the request is

@@ -30,10 +30,11 @@ from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client import models as qm
 
 from .. import envelope
+from ..base import BaseCache
 from ..bridge import LoopLocal
+from ..config import split_settings
 from ..contract import WriteItem
 from ..exceptions import ConfigurationError
-from ..facade import Cache
 from ..keys import namespace_head
 from .base import (
     DEFAULT_SIMILARITY_THRESHOLD,
@@ -43,6 +44,11 @@ from .base import (
     scope_tag,
     similarity_from_cosine_score,
 )
+
+__all__ = [
+    "DEFAULT_COLLECTION", "NEVER", "VECTOR_NAME", "QdrantSemanticBackend",
+    "QdrantSemanticCache", "point_id", "quantization_config",
+]
 
 DEFAULT_COLLECTION = "asynccache-semantic"
 VECTOR_NAME = "prompt"
@@ -501,14 +507,15 @@ class _EmbeddedClient:
             self._executor.shutdown(wait=False)
 
 
-class QdrantSemanticCache(Cache):
-    """A :class:`~asynccache.Cache` on Qdrant (``Cache(type="qdrant-semantic")``).
+class QdrantSemanticCache(BaseCache):
+    """A cache on Qdrant (also ``Cache(type="qdrant-semantic")``).
 
-    It is the facade itself with the type fixed: ``async_lookup`` / ``async_store`` for LLM
-    requests (exact key first, then similarity), the key-value API, stats and sync twins.
+    Like every cache it has ``async_lookup`` / ``async_store`` (exact key first, then
+    similarity), the key-value API, stats and the sync twins.
 
     >>> cache = QdrantSemanticCache(qdrant_location=":memory:", embedding="local")  # doctest: +SKIP
     """
 
     def __init__(self, **settings: Any) -> None:
-        super().__init__("qdrant-semantic", **settings)
+        backend, cache = split_settings("QdrantSemanticCache", settings, QdrantSemanticBackend)
+        super().__init__(QdrantSemanticBackend(**backend), **cache)
