@@ -20,6 +20,7 @@ from .contract import Backend
 from .controls import CacheControls, CacheMode, parse_controls
 from .dual import DualCache
 from .exceptions import (
+    AccessDeniedError,
     BackendError,
     BridgeError,
     CacheClosedError,
@@ -66,6 +67,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "NOT_GIVEN",
+    "AccessDeniedError",
     "AzureBlobCache",
     "Backend",
     "BackendError",

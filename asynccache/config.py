@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from .exceptions import ConfigurationError
+from .protection import DEFAULT_COMPRESSION_MIN_SIZE
 
 __all__ = [
     "NOT_GIVEN", "CacheSettings", "NotGiven", "env_settings", "resolve_ttl",
@@ -121,6 +122,9 @@ class CacheSettings:
       ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
       :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
     * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker;
+    * ``encryption_keys``: encrypt values at rest with AES-GCM (the first key encrypts,
+      all decrypt); ``compression`` (``"zstd"``, ``"zlib"``, ``"auto"``) with
+      ``compression_min_size``: compress larger values (see :mod:`asynccache.protection`);
     * ``clock``: seconds since the epoch (inject one in tests).
 
     LLM calls (:meth:`~asynccache.base.BaseCache.async_lookup`, ``cached``):
@@ -150,6 +154,9 @@ class CacheSettings:
     flush_retries: int = 8
     breaker_threshold: int = 5
     breaker_cooldown: float = 5.0
+    encryption_keys: Sequence[bytes | str] | None = dataclasses.field(default=None, repr=False)
+    compression: str | None = None
+    compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE
     clock: Callable[[], float] = time.time
     mode: str = "default_on"
     supported_call_types: Sequence[str] | None = None

@@ -5,6 +5,7 @@ Every error asynccache raises derives from :class:`CacheError`::
     CacheError
     ├── ConfigurationError (also ValueError)   a bad setting, control, TTL or type name
     │   ├── ItemTooLargeError                   a value over ``max_item_size``
+    │   ├── AccessDeniedError                   the store refused a command to this user
     │   └── MissingArgumentError (also TypeError) a required argument left out
     ├── SerializationError (also TypeError)    a value that cannot be stored as JSON
     ├── ResponseTypeError (also TypeError)     an upstream call returned what cannot be replayed
@@ -23,9 +24,10 @@ surface only from explicit health checks such as :meth:`BaseCache.test_connectio
 from __future__ import annotations
 
 __all__ = [
-    "BackendError", "BridgeError", "CacheClosedError", "CacheConnectionError", "CacheError",
-    "CacheTimeoutError", "ConfigurationError", "ItemTooLargeError", "MissingArgumentError",
-    "MissingExtraError", "ResponseTypeError", "SerializationError",
+    "AccessDeniedError", "BackendError", "BridgeError", "CacheClosedError",
+    "CacheConnectionError", "CacheError", "CacheTimeoutError", "ConfigurationError",
+    "ItemTooLargeError", "MissingArgumentError", "MissingExtraError", "ResponseTypeError",
+    "SerializationError",
 ]
 
 
@@ -39,6 +41,15 @@ class ConfigurationError(CacheError, ValueError):
 
 class ItemTooLargeError(ConfigurationError):
     """A value whose encoded size is over the cache's ``max_item_size``."""
+
+
+class AccessDeniedError(ConfigurationError):
+    """The store refused an operation for lack of permission (a Redis ACL, a bucket
+    policy, a SQL grant): the cache's credentials need more rights, which no retry fixes.
+
+    :meth:`BaseCache.test_connection` raises it; on the read and write paths it is a miss
+    or a failed write like any backend failure, and the log line names the permission.
+    """
 
 
 class MissingArgumentError(ConfigurationError, TypeError):

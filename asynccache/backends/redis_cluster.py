@@ -47,6 +47,7 @@ from .redis import (
     RedisSettings,
     escape_glob,
     pack_command,
+    raise_for_permission,
     set_command,
     timeout_after,
     write_flags,
@@ -272,6 +273,7 @@ class RedisClusterBackend(Backend):
             return []
         encoded = [key.encode() for key in keys]
         replies = await self._batch([pack_command(b"GET", key) for key in encoded], encoded)
+        raise_for_permission(replies)
         for reply in replies:
             if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                 raise reply
@@ -288,6 +290,7 @@ class RedisClusterBackend(Backend):
             return 0
         encoded = [key.encode() for key in keys]
         replies = await self._batch([pack_command(b"UNLINK", key) for key in encoded], encoded)
+        raise_for_permission(replies)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
