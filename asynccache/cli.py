@@ -55,8 +55,10 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cache (as Cache(type=..., **settings))")
+    from .registry import cache_types
+
     group.add_argument("--type", default=os.environ.get("ASYNCCACHE_TYPE") or "local",
-                       help="cache type: local, disk, redis, s3, gcs, azure_blob... "
+                       help=f"cache type: {', '.join(cache_types())} "
                             "(default: $ASYNCCACHE_TYPE or local)")
     group.add_argument("--namespace", default=os.environ.get("ASYNCCACHE_NAMESPACE") or None,
                        help="key namespace (default: $ASYNCCACHE_NAMESPACE or none)")

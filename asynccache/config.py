@@ -3,7 +3,7 @@
 :class:`CacheSettings` declares every setting a cache has whatever its backend
 (namespace, TTL, timeouts, write-behind, breaker, LLM-call settings); backend settings are
 declared once, by the backend's constructor (Redis connection settings by
-:class:`asynccache.backends.redis.RedisSettings`). :func:`split_settings` sorts the keyword
+:class:`asynccache.backends.redis_settings.RedisSettings`). :func:`split_settings` sorts the keyword
 arguments a user wrote between the two, and a name nobody declares raises a
 :class:`~asynccache.exceptions.ConfigurationError` suggesting the closest known one.
 """

@@ -26,7 +26,7 @@ class BackendSpec:
     options: str | None = None
 
 
-_REDIS_OPTIONS = "asynccache.backends.redis:REDIS_SETTINGS"
+_REDIS_OPTIONS = "asynccache.backends.redis_settings:REDIS_SETTINGS"
 
 _SPECS: dict[str, BackendSpec] = {
     "local": BackendSpec("asynccache.backends.memory:MemoryBackend", None, "in-process LRU"),

@@ -19,11 +19,13 @@ from asynccache.backends.redis import (
     RedisCache,
     RedisSettings,
     create_redis_backend,
+)
+from asynccache.backends.redis_cluster import RedisClusterBackend
+from asynccache.backends.redis_settings import (
     escape_glob,
     parse_cluster_nodes,
     redis_env_settings,
 )
-from asynccache.backends.redis_cluster import RedisClusterBackend
 from asynccache.exceptions import ConfigurationError
 from asynccache.keys import namespace_prefix
 from tests.helpers import CacheTracker, chat_completion, unique

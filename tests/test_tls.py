@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from asynccache import Cache, RedisCache
-from asynccache.backends.redis import REQUIRED_COMMANDS
+from asynccache.backends.redis_settings import REQUIRED_COMMANDS
 from asynccache.exceptions import AccessDeniedError, CacheConnectionError
 from tests.plugins.services import service_unavailable
 from tests.servers.processes import ServiceUnavailable

@@ -42,7 +42,8 @@ from ..bridge import LoopLocal
 from ..config import NotGiven, split_settings
 from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
-from .redis import (
+from .redis_settings import (
+    DEFAULT_SCAN_COUNT,
     REDIS_SETTINGS,
     RedisSettings,
     escape_glob,
@@ -61,7 +62,6 @@ __all__ = [
 logger = logging.getLogger("asynccache")
 
 DEFAULT_CLUSTER_RETRY_SECONDS = 4.0
-_SCAN_COUNT = 1000
 #: Replies that mean "the cluster is changing": retry after refreshing the slot map.
 _TRANSIENT_REPLIES = (TryAgainError, ClusterDownError, ReadOnlyError)
 #: Failures of a whole node pipeline that mean "this node is gone or busy".
@@ -308,7 +308,8 @@ class RedisClusterBackend(Backend):
         cursor: bytes = b"0"
         while True:
             reply = (await self._node_exchange(
-                node, [pack_command(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", _SCAN_COUNT)]
+                node,
+                [pack_command(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", DEFAULT_SCAN_COUNT)],
             ))[0]
             if isinstance(reply, Exception):
                 raise reply

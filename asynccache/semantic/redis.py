@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from ..backends.redis import REDIS_SETTINGS, RedisSettings
+from ..backends.redis_settings import REDIS_SETTINGS, RedisSettings
 from ..base import BaseCache
 from ..bridge import LoopLocal
 from ..config import split_settings
