@@ -353,8 +353,10 @@ class RedisClusterBackend(Backend):
         await self._clients.aclose_all()
 
     def describe(self) -> dict[str, Any]:
-        return {**self.settings.describe(), "cluster_retry_seconds": self.cluster_retry_seconds,
-                "retried_commands": self.retried_commands, "redirections": self.redirections}
+        return {**self.settings.describe(), "cluster_retry_seconds": self.cluster_retry_seconds}
+
+    def counters(self) -> dict[str, int]:
+        return {"retried_commands": self.retried_commands, "redirections": self.redirections}
 
 
 async def _send_and_read(conn: Any, commands: Sequence[bytes]) -> list[Any]:
