@@ -16,7 +16,12 @@ what changes the answer and rejects the candidate when they differ in:
 * ``order``: the order of the two sides of a conversion or comparison (``X to Y``,
   ``from X to Y``, ``X into Y``, ``X than Y``);
 * ``entities``: names (capitalised words inside a sentence, acronyms: ``Austria`` vs
-  ``Australia``).
+  ``Australia``);
+* ``substitution``: the same sentence with a few content words swapped for others
+  ("How do I *treat* a sunburn?" vs "How do I *prevent* a sunburn?"). Embeddings score
+  such pairs as high as true paraphrases (often above 0.9), so no threshold separates
+  them; the price is that a rewording which only swaps a word for a synonym, leaving
+  every other word in place, is a miss.
 
 It is pure, local and offline: regular expressions and small word lists, a few tens of
 microseconds per candidate. It is conservative by design: when in doubt it rejects, which
@@ -56,7 +61,7 @@ logger = logging.getLogger("asynccache")
 
 #: Every check, in the order they run (the first failing one names the rejection).
 CHECKS: tuple[str, ...] = ("quoted", "identifiers", "numbers", "units", "negation", "order",
-                           "entities")
+                           "entities", "substitution")
 
 # -- word lists ---------------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ up down on off over under again further then once here there when where why how 
 both each few other some such only own same so too very can will just should now is are
 was were be been being have has had having do does did doing i me my myself we our you
 your he him his she her it its they them their what which who whom this that these those
-am would could might must shall may also get got make made go going use used using way
+am would could might must shall may also way
 best good better please tell explain give show find help need want know let like much many
 quoted
 """.split())  # noqa: SIM905 (a word list reads better as text)
@@ -188,6 +193,7 @@ class _Features:
     initials: str
     ordered: frozenset[tuple[str, str]]
     entities: frozenset[str]
+    tokens: tuple[str, ...]
 
 
 def _format_number(value: float) -> str:
@@ -347,7 +353,16 @@ def features(text: str) -> _Features:
         negations=_negation_count(words), words=frozenset(plain),
         initials="".join(w[0] for w in plain if w[0].isalpha()),
         ordered=_ordered_pairs(lowered), entities=_entities(rest),
+        tokens=tuple(_stem(w) for w in plain),
     )
+
+
+def _stem(word: str) -> str:
+    """A crude stem, enough to see "eggs" and "egg" as one word."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
 
 
 def _prefix_negations(words: frozenset[str], other: frozenset[str]) -> int:
@@ -443,7 +458,34 @@ _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
     "negation": _fails_negation,
     "order": _fails_order,
     "entities": lambda a, b: _missing_entity(a.entities, b) or _missing_entity(b.entities, a),
+    "substitution": lambda a, b: _swapped_words(a.tokens, b.tokens),
 }
+
+
+_MAX_SWAP = 3
+
+
+def _swapped_words(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether ``a`` and ``b`` are one sentence with a span of a few words replaced by
+    another span whose content words are all different."""
+    shortest = min(len(a), len(b))
+    prefix = 0
+    while prefix < shortest and a[prefix] == b[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < shortest - prefix and a[-1 - suffix] == b[-1 - suffix]:
+        suffix += 1
+    if prefix + suffix < 2:
+        return False  # no shared sentence around the change
+    left, right = a[prefix: len(a) - suffix], b[prefix: len(b) - suffix]
+    if not (1 <= len(left) <= _MAX_SWAP and 1 <= len(right) <= _MAX_SWAP):
+        return False
+    left_content = [w for w in left if _is_content(w)]
+    right_content = [w for w in right if _is_content(w)]
+    # Words that share a root ("unsafe" / "safe") are left to the negation check.
+    return bool(left_content and right_content) and not any(
+        x.endswith(y) or y.endswith(x) for x in left_content for y in right_content
+    )
 
 # -- guard + judge, with counters ---------------------------------------------------------
 
