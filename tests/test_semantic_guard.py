@@ -27,6 +27,7 @@ HARD_NEGATIVES = [
     ("What is the capital of Austria?", "What is the capital of Australia?", "entities"),
     ('Translate "I love you" into Italian.', 'Translate "I miss you" into Italian.', "quoted"),
     ("What does os.path.join do?", "What does os.path.split do?", "identifiers"),
+    ("How do I treat a sunburn?", "How do I prevent a sunburn?", "substitution"),
 ]
 PARAPHRASES = [
     ("What is 15% of 80?", "Calculate fifteen percent of 80."),
@@ -76,7 +77,6 @@ def test_rewordings_that_keep_what_matters_are_accepted(stored, asked):
     ("Why does parseInt return NaN?", "Why does parseFloat return NaN?", "identifiers"),
     ("What does the --force flag do?", "What does the --dry-run flag do?", "identifiers"),
     ("Who founded Amazon?", "Who founded Netflix?", "entities"),
-    ("How do I treat a sunburn?", "How do I prevent a sunburn?", "substitution"),
     ("How long do cats live?", "How long do cats sleep?", "substitution"),
 ])
 def test_more_differences_that_change_the_answer(a, b, reason):
