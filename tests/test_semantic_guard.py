@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from asynccache import Cache, ConfigurationError
 from asynccache.semantic import LocalEmbedder
@@ -257,3 +259,29 @@ async def test_guard_compares_the_embedded_text_of_multi_turn_requests(make, sto
                             chat_completion("212"))
     assert await cache.async_lookup({"model": "gpt-4o", "messages": [*flipped, follow_up]}) is None
     assert cache.stats()["semantic"]["rejected_by"] == {"order": 1}
+
+
+# -- properties ---------------------------------------------------------------------------
+
+_WORDS = st.sampled_from([
+    "How", "do", "I", "convert", "Celsius", "to", "Fahrenheit", "from", "not", "unsafe",
+    "safe", "5", "five", "km", "miles", "Austria", "Australia", '"quoted"', "os.path.join",
+    "useEffect", "than", "faster", "Python", "Java", "?", ",", "the", "a", "egg", "boil",
+    "poach", "it's", "don't", "15%", "1,000", "2nd", "\u2019", "\u201c", "é", "\n",
+])
+_TEXTS = st.one_of(st.lists(_WORDS, max_size=14).map(" ".join), st.text(max_size=60))
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(_TEXTS, _TEXTS)
+def test_guard_verdicts_are_symmetric_and_a_text_always_matches_itself(a, b):
+    guard = SemanticGuard()
+    assert guard.check(a, a) is None
+    assert (guard.check(a, b) is None) == (guard.check(b, a) is None)
+
+
+def test_long_prompts_are_checked_without_blowing_up():
+    paragraph = ("Compare Python to Java than Rust from Go into C, with numbers 1, 2 and 3, "
+                 "Names Like Paris and London, and code such as os.path.join(). ")
+    long_text = paragraph * 200  # ~28,000 characters
+    assert SemanticGuard().check(long_text, long_text + " Is it not safe?") == "negation"

@@ -256,6 +256,9 @@ def _negation_count(words: list[str]) -> int:
     return sum(1 for w in words if w in _NEGATIONS or w.endswith("n't") or w.endswith("n\u2019t"))
 
 
+_SIDE_WORDS = 8
+
+
 def _ordered_pairs(text: str) -> frozenset[tuple[str, str]]:
     """Directed (first side, second side) word pairs around ordered connectors."""
     pairs: set[tuple[str, str]] = set()
@@ -267,11 +270,12 @@ def _ordered_pairs(text: str) -> frozenset[tuple[str, str]]:
             continue
         bounds = [-1, *positions, len(tokens)]
         for n, at in enumerate(positions):
-            left = {t for t in tokens[bounds[n] + 1: at] if _is_content(t)}
-            right = {t for t in tokens[at + 1: bounds[n + 2]] if _is_content(t)}
-            if tokens[at] == "than":
-                # "Is X faster than Y": the whole clause before "than" is the first side.
-                left = {t for t in tokens[:at] if _is_content(t)}
+            # "Is X faster than Y": the whole clause before "than" is the first side.
+            start = 0 if tokens[at] == "than" else bounds[n] + 1
+            # The words nearest the connector name its sides; the cap keeps a long
+            # prompt from making a quadratic number of pairs.
+            left = [t for t in tokens[start:at] if _is_content(t)][-_SIDE_WORDS:]
+            right = [t for t in tokens[at + 1: bounds[n + 2]] if _is_content(t)][:_SIDE_WORDS]
             forward = tokens[at] not in _BACKWARD_CONNECTORS
             for x in left:
                 for y in right:
@@ -314,8 +318,10 @@ def _entities(text: str) -> frozenset[str]:
             run_counts = True  # "United States" at the start of a sentence is still a name
         else:
             close()
-            before = text[:start].rstrip()
-            at_sentence_start = not before or before[-1] in _SENTENCE_START
+            at = start - 1
+            while at >= 0 and text[at].isspace():
+                at -= 1
+            at_sentence_start = at < 0 or text[at] in _SENTENCE_START
             run.append(word)
             run_at_start = at_sentence_start
             run_counts = not at_sentence_start or (len(word) >= 2 and word.isupper())
