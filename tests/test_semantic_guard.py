@@ -1,5 +1,9 @@
 """The verification stage after the vector search: guard checks, judge hook, counters,
-caching groups, on every semantic store (real valkey with RediSearch, embedded Qdrant)."""
+caching groups, on every semantic store (real valkey with RediSearch, embedded Qdrant).
+
+The store tests run on every contract-suite backend whose name contains "semantic"
+(tests/plugins/), so a new semantic store is covered as soon as it joins the suite.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ from hypothesis import strategies as st
 from asynccache import Cache, ConfigurationError
 from asynccache.semantic import LocalEmbedder
 from asynccache.semantic.guard import CHECKS, SemanticGuard, SemanticVerifier
-from tests.helpers import chat_completion, unique
+from tests.conftest import contract_backends
+from tests.helpers import chat_completion
 
 pytest.importorskip("qdrant_client")
 
-STORES = ["redis", "qdrant"]
+STORES = sorted(name for name in contract_backends() if "semantic" in name)
 
 # One hard negative per check: (stored request, looked-up request, the check that rejects).
 HARD_NEGATIVES = [
@@ -121,31 +126,24 @@ def local():
     return LocalEmbedder()
 
 
-@pytest.fixture
-async def make(request, local):
-    """``make(store, **settings)``: a semantic Cache with the local model, closed at teardown."""
-    caches: list[Cache] = []
+@pytest.fixture(params=STORES)
+def make(request, local):
+    """``make(**settings)``: a cache of each semantic store with the local model (the
+    store's contract factory isolates and closes it)."""
+    factory = request.getfixturevalue(contract_backends()[request.param])
 
-    def build(store, **settings):
-        settings = {"embedding": local, "similarity_threshold": 0.5, **settings}
-        if store == "redis":
-            server = request.getfixturevalue("valkey_server")
-            cache = Cache(type="redis-semantic", host="127.0.0.1", port=server.port,
-                          redis_semantic_cache_index_name=unique("idx"), **settings)
-        else:
-            cache = Cache(type="qdrant-semantic", qdrant_location=":memory:",
-                          qdrant_collection_name=unique("col"), **settings)
-        caches.append(cache)
-        return cache
+    def build(**settings):
+        return factory(**{"embedding": local, "similarity_threshold": 0.5, **settings})
 
-    yield build
-    for cache in caches:
-        await cache.aclose()
+    return build
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_every_hard_negative_kind_is_a_miss_and_counted(make, store):
-    guarded, unguarded = make(store), make(store, semantic_guard=False)
+def test_every_semantic_store_is_covered():
+    assert {"redis-semantic", "qdrant-semantic"} <= set(STORES)
+
+
+async def test_every_hard_negative_kind_is_a_miss_and_counted(make):
+    guarded, unguarded = make(), make(semantic_guard=False)
     for cache in (guarded, unguarded):
         for stored, _, _ in HARD_NEGATIVES:
             assert await cache.async_store(chat(stored), chat_completion(stored)) is True
@@ -161,9 +159,8 @@ async def test_every_hard_negative_kind_is_a_miss_and_counted(make, store):
     assert unguarded.stats()["semantic"]["guard"] is None
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_paraphrases_still_hit_with_the_guard_on(make, store):
-    cache = make(store)
+async def test_paraphrases_still_hit_with_the_guard_on(make):
+    cache = make()
     for stored, _ in PARAPHRASES:
         await cache.async_store(chat(stored), chat_completion(stored))
     for stored, asked in PARAPHRASES:
@@ -175,8 +172,7 @@ async def test_paraphrases_still_hit_with_the_guard_on(make, store):
     assert cache.stats()["semantic"]["candidates"] == 0
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_judge_sees_question_candidate_and_score_and_can_refuse(make, store):
+async def test_judge_sees_question_candidate_and_score_and_can_refuse(make):
     seen = []
 
     async def judge(query, candidate, similarity):
@@ -184,7 +180,7 @@ async def test_judge_sees_question_candidate_and_score_and_can_refuse(make, stor
         await asyncio.sleep(0)
         return "Explain" not in query
 
-    cache = make(store, semantic_judge=judge)
+    cache = make(semantic_judge=judge)
     await cache.async_store(chat("What is machine learning?"), chat_completion("ML is ..."))
     assert await cache.async_lookup(chat("Can you tell me what machine learning is?"))
     assert await cache.async_lookup(chat("Explain machine learning")) is None
@@ -196,8 +192,7 @@ async def test_judge_sees_question_candidate_and_score_and_can_refuse(make, stor
     assert cache.stats()["semantic"]["rejected_by"] == {"judge": 1}
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_a_failing_or_slow_judge_is_a_miss_never_an_error(make, store):
+async def test_a_failing_or_slow_judge_is_a_miss_never_an_error(make):
     def broken(query, candidate, similarity):
         raise RuntimeError("reranker down")
 
@@ -207,21 +202,20 @@ async def test_a_failing_or_slow_judge_is_a_miss_never_an_error(make, store):
         await never.wait()
 
     for judge, settings in ((broken, {}), (stuck, {"semantic_judge_timeout": 0.05})):
-        cache = make(store, semantic_judge=judge, **settings)
+        cache = make(semantic_judge=judge, **settings)
         await cache.async_store(chat("What is machine learning?"), chat_completion("ML"))
         assert await cache.async_lookup(chat("Explain machine learning")) is None
         assert cache.stats()["semantic"]["rejected_by"] == {"judge_error": 1}
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_the_judge_is_only_asked_about_candidates_the_guard_accepted(make, store):
+async def test_the_judge_is_only_asked_about_candidates_the_guard_accepted(make):
     asked = []
 
     async def judge(query, candidate, similarity):
         asked.append(query)
         return True
 
-    cache = make(store, semantic_judge=judge)
+    cache = make(semantic_judge=judge)
     stored, hard_negative, reason = HARD_NEGATIVES[3]
     await cache.async_store(chat(stored), chat_completion(stored))
     assert await cache.async_lookup(chat(hard_negative)) is None
@@ -229,10 +223,9 @@ async def test_the_judge_is_only_asked_about_candidates_the_guard_accepted(make,
     assert cache.stats()["semantic"]["rejected_by"] == {reason: 1}
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_caching_groups_share_semantic_entries(make, store):
+async def test_caching_groups_share_semantic_entries(make):
     groups = [("gpt-4o", "gpt-4o-2024-08-06")]
-    grouped = make(store, caching_groups=groups)
+    grouped = make(caching_groups=groups)
     await grouped.async_store(chat("What is machine learning?", model="gpt-4o-2024-08-06"),
                               chat_completion("ML is ..."))
     hit = await grouped.async_lookup(chat("Can you explain what machine learning is?",
@@ -240,16 +233,15 @@ async def test_caching_groups_share_semantic_entries(make, store):
     assert hit is not None and hit.matched_prompt == "What is machine learning?"
     assert await grouped.async_lookup(chat("Can you explain what machine learning is?",
                                            model="gpt-4o-mini")) is None
-    ungrouped = make(store)
+    ungrouped = make(namespace="ungrouped")  # the store may be shared with `grouped`
     await ungrouped.async_store(chat("What is machine learning?", model="gpt-4o-2024-08-06"),
                                 chat_completion("ML is ..."))
     assert await ungrouped.async_lookup(chat("Can you explain what machine learning is?",
                                              model="gpt-4o")) is None
 
 
-@pytest.mark.parametrize("store", STORES)
-async def test_guard_compares_the_embedded_text_of_multi_turn_requests(make, store):
-    cache = make(store, embed_what="all_messages")
+async def test_guard_compares_the_embedded_text_of_multi_turn_requests(make):
+    cache = make(embed_what="all_messages")
     earlier = [{"role": "user", "content": "How do I convert Celsius to Fahrenheit?"},
                {"role": "assistant", "content": "Multiply by 9/5 and add 32."}]
     flipped = [{"role": "user", "content": "How do I convert Fahrenheit to Celsius?"},
