@@ -104,6 +104,16 @@ def test_bad_guard_settings_raise_naming_them():
         Cache(semantic_judge="gpt-4o")
 
 
+async def test_a_custom_guard_that_raises_is_a_miss_counted_as_guard_error():
+    class Broken(SemanticGuard):
+        def check(self, query, candidate, similarity=None):
+            raise ValueError("bad rule")
+
+    verifier = SemanticVerifier(Broken())
+    assert await verifier.verify("a", "b", 0.9) == "guard_error"
+    assert verifier.snapshot()["rejected_by"] == {"guard_error": 1}
+
+
 async def test_verifier_counts_each_verdict_by_reason_and_times_the_guard():
     verifier = SemanticVerifier(SemanticGuard())
     for stored, asked, _ in HARD_NEGATIVES:

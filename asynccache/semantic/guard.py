@@ -533,8 +533,9 @@ class SemanticVerifier:
     """The verification stage after the vector search: guard, then the optional judge.
 
     Counts every verdict: ``candidates``, ``accepted``, ``rejected`` by reason (a guard
-    check name, ``"judge"``, or ``"judge_error"`` when the judge raised or timed out) and
-    the guard's time. A judge failure rejects (a miss), never fails the lookup.
+    check name, ``"judge"``, ``"judge_error"`` when the judge raised or timed out,
+    ``"guard_error"`` when a custom guard raised) and the guard's time. A failure
+    rejects (a miss), never fails the lookup.
     """
 
     def __init__(self, guard: SemanticGuard | None, judge: Judge | None = None,
@@ -552,7 +553,12 @@ class SemanticVerifier:
         reason: str | None = None
         if self.guard is not None:
             started = time.perf_counter()
-            reason = self.guard.check(query, candidate, similarity)
+            try:
+                reason = self.guard.check(query, candidate, similarity)
+            except Exception:  # a custom guard's bug is a miss, never a failed call
+                logger.warning("semantic guard failed; the candidate is treated as a miss",
+                               exc_info=True)
+                reason = "guard_error"
             elapsed = time.perf_counter() - started
             with self._lock:
                 self._guard_seconds += elapsed
