@@ -25,8 +25,9 @@ what changes the answer and rejects the candidate when they differ in:
 
 It is pure, local and offline: regular expressions and small (English) word lists, tens
 of microseconds per candidate (a few hundred when both texts are new). In other
-languages only numbers, quoted strings, identifiers and capitalised names are compared. It is conservative by design: when in doubt it rejects, which
-costs one upstream call, never a wrong answer.
+languages only numbers, quoted strings, identifiers and capitalised names are compared.
+It is conservative by design: when in doubt it rejects, which costs one upstream call,
+never a wrong answer.
 
 The interface is narrow so every semantic store can use it:
 ``guard.check(query_text, candidate_text, similarity) -> reason | None``.
