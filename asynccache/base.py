@@ -32,10 +32,19 @@ from .exceptions import (
 )
 from .flush import FlushQueue
 from .guard import CircuitBreaker, GuardedBackend
-from .keys import EXCLUDED_PARAMS, lease_key, namespace_prefix, request_key, stored_key
+from .keys import (
+    EXCLUDED_PARAMS,
+    group_model,
+    lease_key,
+    namespace_prefix,
+    request_key,
+    stored_key,
+)
 from .lifecycle import install_sigterm_drain
 from .protection import ValueProtection
 from .redact import redact
+from .semantic.base import EmbedWhat, split_request
+from .semantic.guard import SemanticVerifier, parse_guard, parse_judge
 from .stats import CacheStats
 
 __all__ = [
@@ -211,6 +220,11 @@ class BaseCache:
         self.key_function = settings.key_function
         excluded = settings.excluded_params
         self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
+        #: The verification stage after a vector search (guard, optional judge, counters).
+        self.semantic_verifier = SemanticVerifier(
+            parse_guard(settings.semantic_guard), parse_judge(settings.semantic_judge),
+            settings.semantic_judge_timeout,
+        )
 
     # -- naming -------------------------------------------------------------------------
 
@@ -532,22 +546,36 @@ class BaseCache:
         if hit is not None or not isinstance(backend, SimilaritySearch):
             return hit
         ns = self._namespace(namespace)
+        request = self._similarity_request(call_kwargs)
         found = await self._guard.call(
             "search_similar",
             lambda: backend.search_similar(
-                call_kwargs, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
+                request, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
             ),
             None,
         )
         if found is None:
             return None
         data, similarity, matched_prompt = found
+        # Every semantic store answers through here, so every one is verified the same way.
+        query = _query_text(backend, request)
+        if query is None or await self.semantic_verifier.verify(
+            query, matched_prompt, similarity
+        ) is not None:
+            return None
         semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
                                     self.clock())
         if semantic_hit is None:
             return None
         return dataclasses.replace(semantic_hit, similarity=similarity,
                                    matched_prompt=matched_prompt)
+
+    def _similarity_request(self, call_kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The request as the similarity side sees it: grouped models under one name, so
+        they share semantic entries as they share exact ones."""
+        model = call_kwargs.get("model")
+        grouped = group_model(model, self.caching_groups)
+        return call_kwargs if grouped == model else {**call_kwargs, "model": grouped}
 
     async def async_store(
         self, call_kwargs: Mapping[str, Any], value: Any, *,
@@ -570,9 +598,10 @@ class BaseCache:
         backend = self.backend
         if not isinstance(backend, SimilaritySearch):
             return (await self._write([item], ns))[0]
+        request = self._similarity_request(call_kwargs)
         ok = await self._guard.call(
             "index_similar",
-            lambda: _index(backend, call_kwargs, item, namespace_prefix(ns)),
+            lambda: _index(backend, request, item, namespace_prefix(ns)),
             False,
         )
         self._stats.add("sets" if ok else "set_failures", namespace=ns)
@@ -779,14 +808,23 @@ class BaseCache:
         return 0 if self._queue is None else len(self._queue)
 
     def stats(self) -> dict[str, Any]:
-        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state."""
-        return {**self._stats.snapshot(), **self._guard.describe(),
-                "queued_writes": self.queued_writes,
-                "backend_counters": dict(self.backend.counters())}
+        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state.
+
+        Backends add their own events under ``backend_counters``; caches on a semantic
+        store add ``semantic``: candidates the vector search found, how many were served,
+        and rejections by reason.
+        """
+        stats = {**self._stats.snapshot(), **self._guard.describe(),
+                 "queued_writes": self.queued_writes,
+                 "backend_counters": dict(self.backend.counters())}
+        if isinstance(self.backend, SimilaritySearch):
+            stats["semantic"] = self.semantic_verifier.snapshot()
+        return stats
 
     def reset_stats(self) -> None:
-        """Set every counter back to zero."""
+        """Set every counter (semantic verification included) back to zero."""
         self._stats.reset()
+        self.semantic_verifier.reset()
 
     def __repr__(self) -> str:
         described = {**self.backend.describe(), **self._protection.describe()}
@@ -814,6 +852,15 @@ class BaseCache:
     test_connection = sync_twin(async_test_connection)
     flush = sync_twin(async_flush)
     close = sync_twin(aclose)
+
+
+def _query_text(backend: Any, request: Mapping[str, Any]) -> str | None:
+    """The text of ``request`` the store embedded (``backend.query_text`` when it has one)."""
+    text_of = getattr(backend, "query_text", None)
+    if callable(text_of):
+        text: str | None = text_of(request)
+        return text
+    return split_request(request, EmbedWhat.last_user_message)[0]
 
 
 async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,
