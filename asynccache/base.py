@@ -43,8 +43,6 @@ from .keys import (
 from .lifecycle import install_sigterm_drain
 from .protection import ValueProtection
 from .redact import redact
-from .semantic.base import EmbedWhat, split_request
-from .semantic.guard import SemanticVerifier, parse_guard, parse_judge
 from .stats import CacheStats
 
 __all__ = [
@@ -220,11 +218,6 @@ class BaseCache:
         self.key_function = settings.key_function
         excluded = settings.excluded_params
         self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
-        #: The verification stage after a vector search (guard, optional judge, counters).
-        self.semantic_verifier = SemanticVerifier(
-            parse_guard(settings.semantic_guard), parse_judge(settings.semantic_judge),
-            settings.semantic_judge_timeout,
-        )
 
     # -- naming -------------------------------------------------------------------------
 
@@ -557,11 +550,7 @@ class BaseCache:
         if found is None:
             return None
         data, similarity, matched_prompt = found
-        # Every semantic store answers through here, so every one is verified the same way.
-        query = _query_text(backend, request)
-        if query is None or await self.semantic_verifier.verify(
-            query, matched_prompt, similarity
-        ) is not None:
+        if not await backend.verify_similar(request, matched_prompt, similarity):
             return None
         semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
                                     self.clock())
@@ -818,13 +807,14 @@ class BaseCache:
                  "queued_writes": self.queued_writes,
                  "backend_counters": dict(self.backend.counters())}
         if isinstance(self.backend, SimilaritySearch):
-            stats["semantic"] = self.semantic_verifier.snapshot()
+            stats["semantic"] = self.backend.similarity_stats()
         return stats
 
     def reset_stats(self) -> None:
         """Set every counter (semantic verification included) back to zero."""
         self._stats.reset()
-        self.semantic_verifier.reset()
+        if isinstance(self.backend, SimilaritySearch):
+            self.backend.reset_similarity_stats()
 
     def __repr__(self) -> str:
         described = {**self.backend.describe(), **self._protection.describe()}
@@ -852,15 +842,6 @@ class BaseCache:
     test_connection = sync_twin(async_test_connection)
     flush = sync_twin(async_flush)
     close = sync_twin(aclose)
-
-
-def _query_text(backend: Any, request: Mapping[str, Any]) -> str | None:
-    """The text of ``request`` the store embedded (``backend.query_text`` when it has one)."""
-    text_of = getattr(backend, "query_text", None)
-    if callable(text_of):
-        text: str | None = text_of(request)
-        return text
-    return split_request(request, EmbedWhat.last_user_message)[0]
 
 
 async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,

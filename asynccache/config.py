@@ -137,15 +137,6 @@ class CacheSettings:
     * ``excluded_params``: call arguments left out of keys (default:
       :data:`asynccache.keys.EXCLUDED_PARAMS`).
 
-    Semantic stores verify every candidate the vector search finds before serving it
-    (see :mod:`asynccache.semantic.guard`):
-
-    * ``semantic_guard``: ``True`` (default: every check), ``False``, a list of check
-      names, or a :class:`~asynccache.semantic.guard.SemanticGuard`;
-    * ``semantic_judge``: an optional second opinion, ``judge(query, candidate,
-      similarity) -> bool`` (async or not), asked after the guard accepts;
-      ``semantic_judge_timeout`` (seconds, default 10) bounds it.
-
     >>> CacheSettings(ttl=60).ttl
     60
     """
@@ -172,9 +163,6 @@ class CacheSettings:
     caching_groups: Sequence[Iterable[str]] | None = None
     key_function: Callable[..., str] | None = None
     excluded_params: Iterable[str] | None = None
-    semantic_guard: Any = True
-    semantic_judge: Callable[..., Any] | None = None
-    semantic_judge_timeout: float | None = 10.0
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -125,10 +125,9 @@ class SimilaritySearch(Protocol):
     """Capability of semantic backends (Redis vector search, Qdrant).
 
     ``request`` is the LLM call's keyword arguments (model, messages, ...). The backend
-    decides what is embedded and what becomes an exact-match filter. A store may also
-    offer ``query_text(request) -> str | None`` (the text it embeds), which the cache
-    hands to the semantic guard with the matched prompt; without it the last user
-    message is used.
+    decides what is embedded and what becomes an exact-match filter, and verifies a
+    candidate before it is served (the semantic guard and judge of
+    :class:`~asynccache.semantic.base.SemanticBackend`).
     """
 
     async def search_similar(
@@ -140,6 +139,16 @@ class SimilaritySearch(Protocol):
         self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
     ) -> None:
         """Store ``item`` under its exact key and index it for similarity search."""
+
+    async def verify_similar(self, request: Mapping[str, Any], matched_prompt: str,
+                             similarity: float) -> bool:
+        """Whether the candidate found for ``request`` may be served."""
+
+    def similarity_stats(self) -> dict[str, Any]:
+        """Counters of the similarity side (candidates, served, rejections by reason)."""
+
+    def reset_similarity_stats(self) -> None:
+        """Set those counters back to zero."""
 
 
 @runtime_checkable

@@ -86,7 +86,7 @@ def _table(pairs: Sequence[LabelledPair], hits: Sequence[bool]) -> dict[str, Any
 
 
 async def _run_store(cache: Cache, pairs: Sequence[LabelledPair]) -> dict[str, Any]:
-    guarded = cache.semantic_verifier
+    guarded = cache.backend.verifier
     unguarded = SemanticVerifier(None)
     hits: dict[str, list[bool]] = {"guard": [], "no_guard": []}
     latencies: list[float] = []
@@ -95,16 +95,16 @@ async def _run_store(cache: Cache, pairs: Sequence[LabelledPair]) -> dict[str, A
             controls = parse_controls({"namespace": f"pair{index}"})
             await cache.async_store(pair.request_a(), {"answer to": pair.a}, controls=controls)
             for mode, verifier in (("guard", guarded), ("no_guard", unguarded)):
-                cache.semantic_verifier = verifier
+                cache.backend.verifier = verifier
                 started = time.perf_counter()
                 hit = await cache.async_lookup(pair.request_b(), controls=controls)
                 if mode == "guard":
                     latencies.append(time.perf_counter() - started)
                 hits[mode].append(hit is not None)
-        cache.semantic_verifier = guarded
+        cache.backend.verifier = guarded
         stats = cache.stats()
     finally:
-        cache.semantic_verifier = guarded
+        cache.backend.verifier = guarded
         await cache.aclose()
     return {
         "guard": _table(pairs, hits["guard"]), "no_guard": _table(pairs, hits["no_guard"]),

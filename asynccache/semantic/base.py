@@ -23,6 +23,7 @@ from ..contract import Backend, WriteItem
 from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 from ..keys import canonical_request
+from .guard import SemanticVerifier, parse_guard, parse_judge
 
 __all__ = [
     "DEFAULT_SIMILARITY_THRESHOLD", "FILTER_VERSION", "EmbedWhat", "SemanticBackend",
@@ -236,14 +237,46 @@ class SemanticSettings:
 
 class SemanticBackend(Backend):
     """What both semantic stores share: single stores go through the batch path, and a
-    batch is prepared (what to embed, which filter) and embedded in one call."""
+    batch is prepared (what to embed, which filter) and embedded in one call.
+
+    Every candidate the vector search finds is verified before it is served (see
+    :mod:`asynccache.semantic.guard`), by the same code for every store:
+
+    * ``semantic_guard``: ``True`` (default: every check), ``False``, a list of check
+      names, or a :class:`~asynccache.semantic.guard.SemanticGuard`;
+    * ``semantic_judge``: an optional second opinion, ``judge(query, candidate,
+      similarity) -> bool`` (async or not), asked after the guard accepts;
+      ``semantic_judge_timeout`` (seconds, default 10) bounds it.
+    """
 
     semantic: SemanticSettings
+    #: The verification stage after a vector search (guard, optional judge, counters).
+    verifier: SemanticVerifier
+
+    def _init_verifier(self, semantic_guard: Any, semantic_judge: Any,
+                       semantic_judge_timeout: float | None) -> None:
+        self.verifier = SemanticVerifier(parse_guard(semantic_guard), parse_judge(semantic_judge),
+                                         semantic_judge_timeout)
 
     def query_text(self, request: Mapping[str, Any]) -> str | None:
         """The text of ``request`` this store embeds (what the semantic guard compares with
         the candidate's stored prompt), or ``None`` if it has none."""
         return split_request(request, self.semantic.embed_what)[0]
+
+    async def verify_similar(self, request: Mapping[str, Any], matched_prompt: str,
+                             similarity: float) -> bool:
+        """Whether a candidate the vector search found may be served (guard, then judge)."""
+        query = self.query_text(request)
+        if query is None:
+            return False
+        return await self.verifier.verify(query, matched_prompt, similarity) is None
+
+    def similarity_stats(self) -> dict[str, Any]:
+        """Candidates found, served, and rejections by reason."""
+        return self.verifier.snapshot()
+
+    def reset_similarity_stats(self) -> None:
+        self.verifier.reset()
 
     async def _embed_query(
         self, request: Mapping[str, Any], prefix: str, threshold: float | None

@@ -112,6 +112,8 @@ class QdrantSemanticBackend(SemanticBackend):
         embedding_dimension: int | None = None, openai_client: Any = None,
         embedding_kwargs: dict[str, Any] | None = None, embedding_cache_size: int = 1024,
         purge_interval: float = 60.0, client_options: dict[str, Any] | None = None,
+        semantic_guard: Any = True, semantic_judge: Any = None,
+        semantic_judge_timeout: float | None = 10.0,
     ) -> None:
         given = [n for n, v in (("qdrant_api_base", qdrant_api_base),
                                 ("qdrant_location", qdrant_location),
@@ -131,6 +133,7 @@ class QdrantSemanticBackend(SemanticBackend):
             raise ConfigurationError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
         if qdrant_semantic_cache_embedding_model is not None:
             embedding = qdrant_semantic_cache_embedding_model
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,

@@ -100,6 +100,8 @@ class RedisSemanticBackend(SemanticBackend):
         embedding_kwargs: dict[str, Any] | None = None, embedding_cache_size: int = 1024,
         hnsw_m: int = 16, hnsw_ef_construction: int = 200, hybrid_policy: str | None = None,
         client_options: dict[str, Any] | None = None, settings: RedisSettings | None = None,
+        semantic_guard: Any = True, semantic_judge: Any = None,
+        semantic_judge_timeout: float | None = 10.0,
         **connection: Any,
     ) -> None:
         if redis_semantic_cache_embedding_model is not None:
@@ -113,6 +115,7 @@ class RedisSemanticBackend(SemanticBackend):
                 "redis_semantic_cache_index_name must be a non-empty name without spaces, ':' "
                 f"or glob characters, got {index!r}"
             )
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
