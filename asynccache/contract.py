@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -30,6 +31,13 @@ from . import envelope
 from .config import NOT_GIVEN, NotGiven
 
 __all__ = ["Backend", "LeaseSupport", "SimilaritySearch", "WriteItem"]
+
+#: Primitive names before the contract had its own module, and their names now.
+_RENAMED = {
+    "get_many": "read_many", "set_many": "write_many", "delete_many": "remove_many",
+    "clear": "remove_prefix", "increment": "increment_counter", "get_ttl": "stored_ttl",
+    "ping": "check_health",
+}
 
 #: One write as backends receive it: (stored key, encoded bytes, TTL seconds or None).
 #: The TTL is the envelope's expiry as a duration, for stores with a native expiry
@@ -58,6 +66,19 @@ class Backend(abc.ABC):
 
     #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
     clock: Callable[[], float] = staticmethod(time.time)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A backend written against the old primitive names keeps working (with a
+        # warning) until it is renamed.
+        super().__init_subclass__(**kwargs)
+        old_names = [old for old, new in _RENAMED.items()
+                     if old in cls.__dict__ and new not in cls.__dict__]
+        for old in old_names:
+            setattr(cls, _RENAMED[old], cls.__dict__[old])
+        if old_names:
+            renames = ", ".join(f"{old} -> {_RENAMED[old]}" for old in old_names)
+            warnings.warn(f"{cls.__name__} uses old backend primitive names; rename them: "
+                          f"{renames}", DeprecationWarning, stacklevel=2)
 
     @abc.abstractmethod
     async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from asynccache import (
+    BaseCache,
     Cache,
     CacheMode,
     ConfigurationError,
@@ -336,3 +337,26 @@ def test_every_raised_error_type_belongs_to_the_tree():
 
     for name in exceptions.__all__:
         assert issubclass(getattr(exceptions, name), exceptions.CacheError), name
+
+
+async def test_a_backend_with_the_old_primitive_names_still_works():
+    with pytest.warns(DeprecationWarning, match="get_many -> read_many, set_many -> write_many"):
+        class OldStyle(Backend):
+            def __init__(self) -> None:
+                self.data: dict[str, bytes] = {}
+
+            async def get_many(self, keys):
+                return [self.data.get(key) for key in keys]
+
+            async def set_many(self, items):
+                self.data.update((key, data) for key, data, _ in items)
+
+            async def delete_many(self, keys):
+                return sum(self.data.pop(key, None) is not None for key in keys)
+
+            async def clear(self, prefix):
+                return 0
+
+    cache = BaseCache(OldStyle())
+    assert await cache.async_set_cache("k", 1) is True
+    assert await cache.async_get_cache("k") == 1
