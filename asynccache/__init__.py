@@ -47,6 +47,7 @@ _LAZY = {
     "AzureBlobCache": "asynccache.backends.azure_blob",
     "RedisSemanticCache": "asynccache.semantic.redis",
     "QdrantSemanticCache": "asynccache.semantic.qdrant",
+    "LocalSemanticCache": "asynccache.semantic.embedded",
     "cached": "asynccache.integrations.wrappers",
     "cached_sync": "asynccache.integrations.wrappers",
 }
@@ -81,6 +82,7 @@ __all__ = [
     "DualCache",
     "GCSCache",
     "ItemTooLargeError",
+    "LocalSemanticCache",
     "MemoryCache",
     "MissingExtraError",
     "QdrantSemanticCache",

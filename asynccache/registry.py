@@ -37,10 +37,13 @@ _SPECS: dict[str, BackendSpec] = {
                                   "semantic cache on Redis vector search"),
     "qdrant-semantic": BackendSpec("asynccache.semantic.qdrant:QdrantSemanticBackend", "qdrant",
                                    "semantic cache on Qdrant"),
+    "local-semantic": BackendSpec("asynccache.semantic.embedded:LocalSemanticBackend",
+                                  "local-semantic",
+                                  "semantic cache with no server: in-process index over disk"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic"}
 
 
 def cache_types() -> list[str]:
