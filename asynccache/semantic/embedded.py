@@ -18,7 +18,7 @@ process should write a folder's index at a time (the entry files themselves may 
 shared); the log is rewritten without its dead records by :meth:`compact`.
 
 Search cost is about ``rows x dimension`` multiply-adds in the matched partition (10,000
-rows of 384 floats: well under a millisecond). Partitions up to
+rows of 384 floats: about 0.6 ms on one core). Partitions up to
 :data:`INLINE_SEARCH_FLOATS` floats are scored on the event loop (it is shorter than a
 thread hop); larger ones in a worker thread, so the loop never stalls on a big search.
 
@@ -103,7 +103,10 @@ class _Partition:
         count = self.rows
         if not count:
             return None
-        scores = self.vectors[:count] @ query
+        # einsum, not ``@``: a matrix-vector product is memory-bound, and BLAS spreads it
+        # over every core, which on a busy machine measured 10x slower (8 ms vs 0.6 ms
+        # median at 10,000 x 384) than numpy's own single-threaded SIMD loop.
+        scores = np.einsum("ij,j->i", self.vectors[:count], query)
         scores[self.expires[:count] <= now] = -np.inf
         for row in exclude:
             scores[row] = -np.inf
