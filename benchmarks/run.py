@@ -59,6 +59,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("semantic", "benchmarks.bench_semantic", "run", "semantic lookup"),
     Group("local-semantic", "benchmarks.bench_semantic", "run_embedded",
           "embedded semantic lookup at 10,000 entries (no server)"),
+    Group("protection", "benchmarks.bench_protection", "run",
+          "compression and encryption at rest: size and cost per call"),
 )}
 
 
