@@ -271,7 +271,7 @@ def test_report_ratios_roles_and_targets():
         Result("get", "dict (limit)", 1000, 0.001, 0.001, 0.001),
         Result("get", "peerlib", 1000, 0.02, 0.02, 0.02),
         Result("mget 1000", "asynccache", 1000, 0.01, 0.01, 0.01),
-        Result("mget 1000", "redis.asyncio", 1000, 0.012, 0.012, 0.012),
+        Result("mget 1000", "raw+decode", 1000, 0.012, 0.012, 0.012),
         Result("mem", "asynccache MemoryCache", 10, 1, 1, 1, extra={"bytes_per_entry": 100}),
         Result("mem", "peerlib", 10, 1, 1, 1, extra={"bytes_per_entry": 300}),
     ]
