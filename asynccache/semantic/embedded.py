@@ -188,6 +188,10 @@ class LocalSemanticBackend(SemanticBackend):
         self._loaded = False
         self._load_lock = threading.Lock()
         self._log_lock = threading.Lock()
+        # One cache may serve the caller's loop and the sync bridge's loop at once: rows
+        # are added, dropped and scored under this lock (a search holds it for about a
+        # millisecond at 10,000 rows).
+        self._index_lock = threading.RLock()
 
     # The disk store reads the cache's clock too.
     @property
@@ -202,6 +206,11 @@ class LocalSemanticBackend(SemanticBackend):
 
     def _add_row(self, key: str, fh: str, scope: str, expires_at: float, prompt: str,
                  vector: np.ndarray) -> None:
+        with self._index_lock:
+            self._add_row_locked(key, fh, scope, expires_at, prompt, vector)
+
+    def _add_row_locked(self, key: str, fh: str, scope: str, expires_at: float, prompt: str,
+                        vector: np.ndarray) -> None:
         if self._dimension is None:
             self._dimension = len(vector)
         elif len(vector) != self._dimension:
@@ -218,10 +227,20 @@ class LocalSemanticBackend(SemanticBackend):
         self._rows[key] = (where, partition.add(key, vector, expires_at, prompt))
 
     def _forget_row(self, key: str) -> None:
-        found = self._rows.pop(key, None)
-        if found is not None:
-            where, row = found
-            self._partitions[where].drop(row)
+        with self._index_lock:
+            found = self._rows.pop(key, None)
+            if found is not None:
+                where, row = found
+                self._partitions[where].drop(row)
+
+    def _best(self, partition: _Partition, query: np.ndarray, now: float, tried: set[int]
+              ) -> tuple[int, float, str | None, str] | None:
+        with self._index_lock:
+            best = partition.best(query, now, tried)
+            if best is None:
+                return None
+            row, score = best
+            return row, score, partition.keys[row], partition.prompts[row]
 
     def _load_blocking(self) -> None:
         """Read the index log once (worker thread only)."""
@@ -260,8 +279,9 @@ class LocalSemanticBackend(SemanticBackend):
 
     async def clear(self, prefix: str) -> int:
         await self._ensure_loaded()
-        for key in [k for k in self._rows if k.startswith(prefix)]:
-            self._forget_row(key)
+        with self._index_lock:
+            for key in [k for k in self._rows if k.startswith(prefix)]:
+                self._forget_row(key)
         return await self.store.clear(prefix)
 
     async def increment(self, key: str, amount: float, ttl: float | None) -> float:
@@ -310,19 +330,18 @@ class LocalSemanticBackend(SemanticBackend):
         tried: set[int] = set()
         while True:
             if partition.rows * partition.dimension <= INLINE_SEARCH_FLOATS:
-                best = partition.best(query, now, tried)
+                best = self._best(partition, query, now, tried)
             else:
-                best = await asyncio.to_thread(partition.best, query, now, tried)
+                best = await asyncio.to_thread(self._best, partition, query, now, tried)
             if best is None:
                 return None
-            row, score = best
+            row, score, key, prompt = best
             similarity = clamp_similarity(score)
-            key = partition.keys[row]
             if similarity < wanted or key is None:
                 return None
             data = (await self.store.get_many([key]))[0]
             if data is not None:
-                return data, similarity, partition.prompts[row]
+                return data, similarity, prompt
             # The entry is gone (deleted, evicted, expired, cleared elsewhere): drop its
             # row and try the next best.
             if self._rows.get(key, (None, -1))[1] == row:
@@ -386,10 +405,12 @@ class LocalSemanticBackend(SemanticBackend):
 
         def rewrite() -> int:
             live = []
-            for key, (where, row) in self._rows.items():
-                partition = self._partitions[where]
-                live.append(_pack_record(key, where[0], where[1], float(partition.expires[row]),
-                                         partition.prompts[row], partition.vectors[row]))
+            with self._index_lock:
+                for key, (where, row) in self._rows.items():
+                    partition = self._partitions[where]
+                    live.append(_pack_record(
+                        key, where[0], where[1], float(partition.expires[row]),
+                        partition.prompts[row], partition.vectors[row]))
             before = len(_read_records(self.index_path))
             tmp = f"{self.index_path}.{os.getpid()}.tmp"
             with self._log_lock:
