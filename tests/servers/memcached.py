@@ -65,3 +65,53 @@ def start_memcached_nodes(count: int, *, extra_args: Sequence[str] = ()) -> Memc
         nodes.stop()
         raise
     return nodes
+
+
+def _command(port: int, command: bytes, end: bytes = b"END\r\n") -> bytes:
+    import socket
+
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(command)
+        reply = b""
+        while not reply.endswith(end):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+def server_stats(port: int) -> dict[str, str]:
+    """``stats`` of one node (``cmd_flush``, ``curr_items``...)."""
+    lines = _command(port, b"stats\r\n").decode().splitlines()
+    return {parts[1]: parts[2] for parts in (line.split(" ", 2) for line in lines)
+            if len(parts) == 3}
+
+
+def item_expiries(port: int) -> dict[str, int]:
+    """Every item on a node with its absolute expiry (-1: never), by key.
+
+    Read with ``lru_crawler metadump all``: what the server itself holds, not what the
+    client believes.
+    """
+    from urllib.parse import unquote
+
+    found: dict[str, int] = {}
+    for line in _command(port, b"lru_crawler metadump all\r\n").decode().splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if "key" in fields:
+            found[unquote(fields["key"])] = int(fields["exp"])
+    return found
+
+
+def raw_set(port: int, key: bytes, value: bytes) -> None:
+    """Store an item directly, as another application sharing the server would."""
+    reply = _command(port, b"set %b 0 0 %d\r\n%b\r\n" % (key, len(value), value), b"\r\n")
+    assert reply == b"STORED\r\n", reply
+
+
+def raw_get(port: int, key: bytes) -> bytes | None:
+    reply = _command(port, b"get %b\r\n" % key)
+    if not reply.startswith(b"VALUE"):
+        return None
+    return reply.split(b"\r\n", 2)[1]
