@@ -88,6 +88,8 @@ _TOKEN_BYTES = 6  # 12 hex characters, 48 random bits per generation
 _TOKEN_CHARS = 2 * _TOKEN_BYTES
 #: Room left in a key for the stored-key body: prefix, marker, two tokens and ":".
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+#: Matches keys made only of characters memcached accepts as they are (not "%").
+_SAFE_KEY = re.compile(r"[!-$&-~]+").fullmatch
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
 _MAX_ROUNDS = 3  # a request redone more often than this (tokens keep changing) fails
 _MAX_CACHED_TOKENS = 100_000
@@ -208,9 +210,7 @@ def key_body(stored_key: str, budget: int) -> bytes:
     >>> key_body("abc", 100), key_body("a b%", 100), key_body("x" * 300, 100)[:5]
     (b'=abc', b'=a%20b%25', b'#2a5e')
     """
-    if stored_key.isascii() and stored_key.isprintable() and " " not in stored_key and (
-        "%" not in stored_key
-    ):
+    if _SAFE_KEY(stored_key):
         escaped = stored_key.encode()
     else:
         escaped = quote(stored_key, safe=_SAFE, errors="strict").encode()
@@ -437,6 +437,7 @@ class MemcachedBackend(Backend):
         # (node, generation key) -> token; None: the node holds no token (nothing stored).
         self._tokens: dict[tuple[int, bytes], bytes | None] = {}
         self._root_token_key = self.key_prefix + b"g"
+        self._token_keys_of: dict[str, tuple[bytes, ...]] = {}
         self._pid = os.getpid()
         self._pools: LoopLocal[list[_Pool]] = LoopLocal(self._open, _close_pools)
         self.node_failures = 0
@@ -531,9 +532,15 @@ class MemcachedBackend(Backend):
     # -- generation tokens ----------------------------------------------------------------
 
     def _token_keys(self, prefix: str) -> tuple[bytes, ...]:
-        if not prefix:
-            return (self._root_token_key,)
-        return (self._root_token_key, self.key_prefix + b"g:" + key_body(prefix, self._budget))
+        """The generation-token keys an entry under ``prefix`` depends on (root first)."""
+        known = self._token_keys_of.get(prefix)
+        if known is None:
+            if len(self._token_keys_of) > _MAX_CACHED_TOKENS:
+                self._token_keys_of.clear()
+            known = (self._root_token_key,) if not prefix else (
+                self._root_token_key, self.key_prefix + b"g:" + key_body(prefix, self._budget))
+            self._token_keys_of[prefix] = known
+        return known
 
     def _remember(self, node: int, found: Mapping[bytes, bytes],
                   token_keys: Sequence[bytes]) -> bool:
@@ -578,18 +585,42 @@ class MemcachedBackend(Backend):
                 known[key] = found.get(key)
         return known
 
+    def _head(self, token_keys: Sequence[bytes],
+              tokens: Mapping[bytes, bytes | None]) -> bytes | None:
+        """The start of every item key that depends on ``token_keys`` (``None`` while a
+        token is missing: nothing can be stored under it)."""
+        parts = [tokens[key] for key in token_keys]
+        if None in parts:
+            return None
+        return self.key_prefix + b"d" + b"".join(parts) + b":"  # type: ignore[arg-type]
+
     def _data_key(self, body: bytes, token_keys: Sequence[bytes],
                   tokens: Mapping[bytes, bytes | None]) -> bytes | None:
-        parts = [tokens[key] for key in token_keys]
-        if any(part is None for part in parts):
-            return None
-        return self.key_prefix + b"d" + b"".join(parts) + b":" + body  # type: ignore[arg-type]
+        head = self._head(token_keys, tokens)
+        return None if head is None else head + body
+
+    def _data_keys(self, indices: Sequence[int], bodies: Sequence[bytes],
+                   token_keys: Sequence[tuple[bytes, ...]],
+                   tokens: Mapping[bytes, bytes | None]) -> list[bytes | None]:
+        # The keys of a batch mostly share one namespace: build each head once.
+        heads: dict[tuple[bytes, ...], bytes | None] = {}
+        keys: list[bytes | None] = []
+        for index in indices:
+            names = token_keys[index]
+            if names in heads:
+                head = heads[names]
+            else:
+                head = heads[names] = self._head(names, tokens)
+            keys.append(None if head is None else head + bodies[index])
+        return keys
 
     def _plan(self, keys: Sequence[str]) -> tuple[list[bytes], list[tuple[bytes, ...]],
                                                   dict[int, list[int]]]:
         budget = self._budget
         bodies = [key_body(key, budget) for key in keys]
         token_keys = [self._token_keys(stored_key_prefix(key)) for key in keys]
+        if len(self._rendezvous) == 1:
+            return bodies, token_keys, {0: list(range(len(keys)))}
         groups: dict[int, list[int]] = {}
         for index, body in enumerate(bodies):
             groups.setdefault(self._node_of(body), []).append(index)
@@ -623,9 +654,8 @@ class MemcachedBackend(Backend):
             data_keys: list[bytes | None] = []
 
             def build(tokens: dict[bytes, bytes | None]) -> tuple[bytes, int, list[bytes]]:
-                data_keys[:] = [self._data_key(bodies[i], token_keys[i], tokens)
-                                for i in indices]
-                return b"", 0, list({k for k in data_keys if k is not None})
+                data_keys[:] = self._data_keys(indices, bodies, token_keys, tokens)
+                return b"", 0, [key for key in dict.fromkeys(data_keys) if key is not None]
 
             replies, _ = await self._validated(node, indices, token_keys, False, build)
             values = replies.found()
@@ -652,8 +682,8 @@ class MemcachedBackend(Backend):
         async def write(node: int, indices: list[int]) -> None:
             def build(tokens: dict[bytes, bytes | None]) -> tuple[bytes, int, list[bytes]]:
                 commands = []
-                for i in indices:
-                    key = self._data_key(bodies[i], token_keys[i], tokens)
+                keys = self._data_keys(indices, bodies, token_keys, tokens)
+                for i, key in zip(indices, keys, strict=True):
                     assert key is not None  # tokens were created
                     data = items[i][1]
                     commands.append(b"set %b 0 %d %d\r\n%b\r\n" % (key, expiries[i], len(data),
@@ -679,8 +709,8 @@ class MemcachedBackend(Backend):
             nonlocal deleted
 
             def build(tokens: dict[bytes, bytes | None]) -> tuple[bytes, int, list[bytes]]:
-                data_keys = {self._data_key(bodies[i], token_keys[i], tokens) for i in indices}
-                targets = [key for key in data_keys if key is not None]
+                data_keys = self._data_keys(indices, bodies, token_keys, tokens)
+                targets = [key for key in dict.fromkeys(data_keys) if key is not None]
                 return b"".join(b"delete %b\r\n" % key for key in targets), len(targets), []
 
             replies, _ = await self._validated(node, indices, token_keys, False, build)
