@@ -15,8 +15,8 @@ import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError, parse_controls
 from asynccache.semantic import HashEmbedder, LocalEmbedder
-from tests.servers.processes import free_port
 from tests.helpers import FakeClock, chat_completion, unique
+from tests.servers.processes import free_port
 
 pytest.importorskip("qdrant_client")
 
