@@ -8,6 +8,7 @@ What the servers hold is read back from the servers themselves (``stats``,
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -324,3 +325,31 @@ async def test_concurrent_single_gets_coalesce_into_one_multi_get(memcached_node
     got = await asyncio.gather(*(cache.async_get_cache(f"k{i}") for i in range(64)))
     assert got == list(range(64))
     assert len(spy.requests()) == 3  # one multi-key get per node, not 64 gets
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_uses_its_own_connections(memcached_nodes):
+    cache = Cache(type="memcached", servers=memcached_nodes.servers, namespace=unique("fork"))
+    assert cache.set_cache("parent", 1) is True  # the parent's connections now exist
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            checks = [cache.get_cache("parent") == 1, cache.set_cache("child", 2) is True,
+                      cache.get_cache("child") == 2]
+            cache.close()  # closes the child's connections only
+            status = 0 if all(checks) else 10 + checks.index(False)
+        except BaseException:
+            status = 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    # The parent's connections were neither used nor closed by the child.
+    assert cache.get_cache("child") == 2
+    assert cache.set_cache("parent", 3) is True
+    assert cache.stats()["errors"] == 0
+    cache.close()
