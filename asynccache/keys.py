@@ -176,3 +176,12 @@ def stored_key_prefix(stored_key: str) -> str:
     """
     end = stored_key.find(":")
     return stored_key[: end + 1] if end > 0 else ""
+
+
+def stored_key_prefixes(stored_keys: Iterable[str]) -> list[str]:
+    """:func:`stored_key_prefix` of every key of a batch (one call per batch, not per key)."""
+    prefixes = []
+    for stored_key in stored_keys:
+        end = stored_key.find(":")
+        prefixes.append(stored_key[: end + 1] if end > 0 else "")
+    return prefixes

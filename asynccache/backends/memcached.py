@@ -61,7 +61,7 @@ from ..bridge import LoopLocal
 from ..config import positive_setting as _positive
 from ..config import split_backend_settings
 from ..exceptions import CacheConnectionError, ConfigurationError
-from ..keys import stored_key_prefix
+from ..keys import stored_key_prefixes
 
 logger = logging.getLogger("asynccache")
 T = TypeVar("T")
@@ -616,9 +616,17 @@ class MemcachedBackend(Backend):
 
     def _plan(self, keys: Sequence[str]) -> tuple[list[bytes], list[tuple[bytes, ...]],
                                                   dict[int, list[int]]]:
+        """Per stored key: its key body, the token keys it depends on, and its node."""
         budget = self._budget
-        bodies = [key_body(key, budget) for key in keys]
-        token_keys = [self._token_keys(stored_key_prefix(key)) for key in keys]
+        safe = _SAFE_KEY
+        known = self._token_keys_of
+        bodies: list[bytes] = []
+        token_keys: list[tuple[bytes, ...]] = []
+        # key_body() inlined for keys kept as they are (nearly all: LLM keys are hex).
+        for key, prefix in zip(keys, stored_key_prefixes(keys), strict=True):
+            bodies.append(b"=" + key.encode() if len(key) < budget and safe(key)
+                          else key_body(key, budget))
+            token_keys.append(known.get(prefix) or self._token_keys(prefix))
         if len(self._rendezvous) == 1:
             return bodies, token_keys, {0: list(range(len(keys)))}
         groups: dict[int, list[int]] = {}
