@@ -291,6 +291,33 @@ async def test_a_clear_by_another_client_is_seen_at_once(memcached_nodes, caches
     assert await clearer.async_get_cache("k5") is None
 
 
+async def test_a_request_that_used_old_tokens_is_redone(memcached_server, caches,
+                                                        monkeypatch):
+    namespace = unique("race")
+    reader = caches(memcached_server.servers, namespace=namespace)
+    writer = caches(memcached_server.servers, namespace=namespace)
+    await reader.async_set_cache("k", "before the clear")
+    assert await reader.async_get_cache("k") == "before the clear"  # old tokens cached
+    await writer.async_clear()
+    await writer.async_set_cache("k", "after the clear")
+    stored = reader._stored_key("k", namespace)
+    original = mc._Pool.exchange
+    interleaved: list[list[bytes | None]] = []
+
+    async def exchange(pool, data, lines, get_keys, *, retry):
+        if not interleaved:
+            # Another request of the same cache learns the new tokens while this one
+            # is on its way with keys built from the old ones.
+            interleaved.append([])
+            interleaved[0] = await reader.backend.get_many([stored])
+        return await original(pool, data, lines, get_keys, retry=retry)
+
+    monkeypatch.setattr(mc._Pool, "exchange", exchange)
+    found = await reader.backend.get_many([stored])
+    assert found == interleaved[0] and found[0] is not None
+    assert await reader.async_get_cache("k") == "after the clear"
+
+
 # -- how requests reach the nodes ---------------------------------------------------------
 
 

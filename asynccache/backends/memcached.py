@@ -543,18 +543,13 @@ class MemcachedBackend(Backend):
         return known
 
     def _remember(self, node: int, found: Mapping[bytes, bytes],
-                  token_keys: Sequence[bytes]) -> bool:
-        """Store the tokens a request read back; whether any differed from the cache."""
+                  token_keys: Sequence[bytes]) -> None:
+        """Store the tokens a request read back (``None``: the node holds none)."""
         tokens = self._tokens
         if len(tokens) > _MAX_CACHED_TOKENS:
             tokens.clear()
-        changed = False
         for key in token_keys:
-            token = found.get(key)
-            if tokens.get((node, key), b"?") != token:
-                tokens[(node, key)] = token
-                changed = True
-        return changed
+            tokens[(node, key)] = found.get(key)
 
     async def _tokens_for(self, node: int, token_keys: Sequence[bytes],
                           create: bool) -> dict[bytes, bytes | None]:
@@ -646,7 +641,11 @@ class MemcachedBackend(Backend):
             tokens = await self._tokens_for(node, needed, create)
             data, lines, get_keys = build(tokens)
             replies = await self._exchange(node, data, lines, get_keys + needed, retry=retry)
-            if not self._remember(node, replies.found(), needed):
+            found = replies.found()
+            self._remember(node, found, needed)
+            # Compared with the tokens this request used, not with the shared cache: a
+            # concurrent request may have learnt the new tokens in the meantime.
+            if all(found.get(key) == tokens[key] for key in needed):
                 return replies, tokens
         raise _StaleTokens(f"generation tokens on {self._label(node)} kept changing")
 
