@@ -504,8 +504,8 @@ class MemcachedBackend(Backend):
     async def _each_node(self, groups: Mapping[int, T],
                          work: Callable[[int, T], Awaitable[None]]) -> None:
         """Run ``work`` for every node at once. A failed node's share stays a miss or a
-        failed write; only when every node of the cluster is down does this raise (so the
-        cache's circuit breaker sees an unusable backend)."""
+        failed write; only when the last request to every node of the cluster failed does
+        this raise (so the cache's circuit breaker sees an unusable backend)."""
         if len(groups) == 1:
             ((node, group),) = groups.items()
             try:
@@ -525,8 +525,8 @@ class MemcachedBackend(Backend):
             if not isinstance(failure, ConnectionError | OSError | TimeoutError
                               | asyncio.TimeoutError | _StaleTokens):
                 raise failure
-        now = time.monotonic()
-        if all(until and now < until for until in self._down_until):
+        # Every node's last request failed: the cache as a whole is unusable.
+        if all(reason is not None for reason in self._down_reason):
             raise failures[0]
 
     # -- generation tokens ----------------------------------------------------------------
@@ -850,9 +850,8 @@ class MemcachedBackend(Backend):
         await self._pools.aclose_all()
 
     def describe(self) -> dict[str, Any]:
-        now = time.monotonic()
-        down = [self._label(n) for n, until in enumerate(self._down_until)
-                if until and now < until]
+        down = [self._label(n) for n, reason in enumerate(self._down_reason)
+                if reason is not None]
         return {"servers": [self._label(n) for n in range(len(self.servers))],
                 "key_prefix": self.key_prefix.decode(), "item_size_max": self.item_size_max,
                 "nodes_down": down}
