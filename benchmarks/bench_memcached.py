@@ -34,7 +34,13 @@ from typing import Any
 import orjson
 
 from benchmarks._measure import Result, ratio
-from benchmarks.bench_redis import TTL, Contender, _scenarios
+from benchmarks.bench_redis import (
+    TTL,
+    AiocacheContender,
+    AsyncCacheContender,
+    Contender,
+    _scenarios,
+)
 
 #: (scenario, asynccache's label, baseline label, baseline scenario, ratio): 64 tasks'
 #: gets against the raw client's one-by-one gets (what coalescing buys), and a batch get
@@ -47,27 +53,14 @@ TARGETS = [
 notes: list[str] = []
 
 
-class AsyncCacheMemcached(Contender):
+class AsyncCacheMemcached(AsyncCacheContender):
+    """The same operations as on Redis, on ``Cache(type="memcached")``."""
+
     def __init__(self, servers: list[str]) -> None:
         from asynccache import Cache
 
-        super().__init__("asynccache", "asynccache")
+        Contender.__init__(self, "asynccache", "asynccache")
         self.cache = Cache(type="memcached", servers=servers, ttl=TTL, namespace="bench")
-
-    async def get(self, key: str) -> Any:
-        return await self.cache.async_get_cache(key)
-
-    async def set(self, key: str, value: Any) -> Any:
-        return await self.cache.async_set_cache(key, value)
-
-    async def set_many(self, items: list[tuple[str, Any]]) -> Any:
-        return await self.cache.async_set_cache_pipeline(items)
-
-    async def get_many(self, keys: list[str]) -> list[Any]:
-        return await self.cache.async_batch_get_cache(keys)
-
-    async def aclose(self) -> None:
-        await self.cache.aclose()
 
 
 class RawEmcache(Contender):
@@ -146,28 +139,14 @@ class LangChainMemcached(Contender):
         self.client.close()
 
 
-class AiocacheMemcached(Contender):
+class AiocacheMemcached(AiocacheContender):
+    """aiocache's operations as on Redis, on its ``MemcachedCache`` (aiomcache)."""
+
     def __init__(self, host: str, port: int) -> None:
         from aiocache import MemcachedCache
 
-        super().__init__("aiocache", "aiocache")
+        Contender.__init__(self, "aiocache", "aiocache")
         self.cache = MemcachedCache(endpoint=host, port=port, namespace="aio")
-
-    async def get(self, key: str) -> Any:
-        return await self.cache.get(key)
-
-    async def set(self, key: str, value: Any) -> Any:
-        return await self.cache.set(key, value, ttl=TTL)
-
-    async def set_many(self, items: list[tuple[str, Any]]) -> Any:
-        return await self.cache.multi_set(items, ttl=TTL)
-
-    async def get_many(self, keys: list[str]) -> list[Any]:
-        return list(await self.cache.multi_get(keys))
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.cache.close()
 
 
 async def _contenders(host: str, port: int) -> list[Contender]:

@@ -16,7 +16,7 @@ import pytest
 from asynccache import Cache, ConfigurationError, ItemTooLargeError
 from asynccache.backends import memcached as mc
 from asynccache.backends.memcached import MemcachedBackend, memcached_expiry, parse_servers
-from tests.helpers import FakeClock, unique
+from tests.helpers import FakeClock, assert_in_forked_child, unique
 from tests.plugins.services import service_unavailable
 from tests.servers.memcached import (
     item_expiries,
@@ -361,20 +361,14 @@ async def test_concurrent_single_gets_coalesce_into_one_multi_get(memcached_node
 def test_a_forked_child_uses_its_own_connections(memcached_nodes):
     cache = Cache(type="memcached", servers=memcached_nodes.servers, namespace=unique("fork"))
     assert cache.set_cache("parent", 1) is True  # the parent's connections now exist
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            checks = [cache.get_cache("parent") == 1, cache.set_cache("child", 2) is True,
-                      cache.get_cache("child") == 2]
-            cache.close()  # closes the child's connections only
-            status = 0 if all(checks) else 10 + checks.index(False)
-        except BaseException:
-            status = 2
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+    def in_child() -> list[bool]:
+        checks = [cache.get_cache("parent") == 1, cache.set_cache("child", 2) is True,
+                  cache.get_cache("child") == 2]
+        cache.close()  # closes the child's connections only
+        return checks
+
+    assert_in_forked_child(in_child)
     # The parent's connections were neither used nor closed by the child.
     assert cache.get_cache("child") == 2
     assert cache.set_cache("parent", 3) is True
