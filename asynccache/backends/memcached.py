@@ -440,7 +440,6 @@ class MemcachedBackend(Backend):
         self._token_keys_of: dict[str, tuple[bytes, ...]] = {}
         self._pid = os.getpid()
         self._pools: LoopLocal[list[_Pool]] = LoopLocal(self._open, _close_pools)
-        self.node_failures = 0
 
     def item_limit_message(self) -> str:
         """Why :attr:`max_item_size` is what it is (used in ``ItemTooLargeError``)."""
@@ -490,7 +489,6 @@ class MemcachedBackend(Backend):
         return replies
 
     def _mark_down(self, node: int, exc: BaseException) -> None:
-        self.node_failures += 1
         if not self._down_until[node]:
             logger.warning("asynccache: memcached node %s failed (%s: %s); its keys are "
                            "misses, retried every %s s", self._label(node),
