@@ -354,6 +354,16 @@ async def test_concurrent_single_gets_coalesce_into_one_multi_get(memcached_node
     assert len(spy.requests()) == 3  # one multi-key get per node, not 64 gets
 
 
+async def test_write_behind_batches_reach_every_node(memcached_nodes, caches):
+    namespace = unique("behind")
+    writer = caches(memcached_nodes.servers, namespace=namespace, flush_size=100)
+    for i in range(300):
+        assert await writer.async_set_cache(f"k{i}", i) is True
+    await writer.async_flush()
+    reader = caches(memcached_nodes.servers, namespace=namespace)
+    assert await reader.async_batch_get_cache([f"k{i}" for i in range(300)]) == list(range(300))
+
+
 # -- processes ----------------------------------------------------------------------------
 
 
