@@ -86,7 +86,7 @@ RELATIVE_TTL_LIMIT = 30 * 24 * 3600
 MAX_KEY_PREFIX_BYTES = 64
 _TOKEN_BYTES = 6  # 12 hex characters, 48 random bits per generation
 _TOKEN_CHARS = 2 * _TOKEN_BYTES
-#: Room left in a key for the stored-key body: prefix, marker, two tokens and ":".
+#: Characters memcached accepts in a key as they are (``%`` is the escape character).
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 #: Matches keys made only of characters memcached accepts as they are (not "%").
 _SAFE_KEY = re.compile(r"[!-$&-~]+").fullmatch
@@ -431,6 +431,8 @@ class MemcachedBackend(Backend):
             _positive("max_connections", max_connections, int),
             _positive("retry_interval", retry_interval),
         )
+        # Room left in an item key for the stored-key body: the prefix, "d", two tokens,
+        # ":" and the body's own "=" or "#" marker come first.
         self._budget = MAX_KEY_BYTES - len(self.key_prefix) - 3 - 2 * _TOKEN_CHARS
         self._rendezvous = [cyemcache.RendezvousNode(f"{host}:{port}", index)
                             for index, (host, port) in enumerate(self.servers)]
