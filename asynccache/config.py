@@ -24,7 +24,7 @@ from .exceptions import ConfigurationError
 from .protection import DEFAULT_COMPRESSION_MIN_SIZE
 
 __all__ = [
-    "NOT_GIVEN", "CacheSettings", "NotGiven", "env_settings", "resolve_ttl",
+    "NOT_GIVEN", "CacheSettings", "NotGiven", "env_settings", "positive_setting", "resolve_ttl",
     "split_settings", "unknown_setting", "validate_ttl",
 ]
 
@@ -98,6 +98,20 @@ def env_settings(prefix: str, names: Mapping[str, type], environ: Mapping[str, s
                 f"is not a valid {kind.__name__}"
             ) from exc
     return found
+
+
+def positive_setting(name: str, value: Any, kind: type = float, allow_none: bool = False) -> Any:
+    """Return ``value`` if it is a positive number of ``kind``; raise naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
+        kind is int and not isinstance(value, int)
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive {kind.__name__}{' or None' if allow_none else ''}, "
+            f"got {value!r}"
+        )
+    return value
 
 
 # -- cache settings -----------------------------------------------------------------------

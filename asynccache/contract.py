@@ -66,6 +66,13 @@ class Backend(abc.ABC):
 
     #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
     clock: Callable[[], float] = staticmethod(time.time)
+    #: Largest encoded entry the store itself accepts (``None``: no limit of its own).
+    #: A cache's ``max_item_size`` never exceeds it.
+    max_item_size: int | None = None
+
+    def item_limit_message(self) -> str:
+        """Where :attr:`max_item_size` comes from, for ``ItemTooLargeError`` messages."""
+        return ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A backend written against the old primitive names keeps working (with a

@@ -23,10 +23,11 @@ class Cache(BaseCache):
 
     ``Cache()`` is the embedded in-memory default (``type="local"``, also spelled
     ``"memory"``). Other types: ``"disk"``, ``"redis"`` (``redis_startup_nodes=`` for a
-    cluster), ``"redis-cluster"``, ``"s3"``, ``"gcs"``, ``"azure_blob"``, ``"dual"``
-    (``l1=``/``l2=`` caches or settings dicts), ``"redis-semantic"``,
-    ``"qdrant-semantic"`` (:func:`~asynccache.cache_types` lists them). Settings every cache
-    has (``namespace``, ``ttl``, ``mode``, ``flush_size``...) are those of
+    cluster), ``"redis-cluster"``, ``"memcached"`` (``servers=[...]``), ``"s3"``,
+    ``"gcs"``, ``"azure_blob"``, ``"dual"`` (``l1=``/``l2=`` caches or settings dicts),
+    ``"redis-semantic"``, ``"qdrant-semantic"``, ``"local-semantic"``
+    (:func:`~asynccache.cache_types` lists them). Settings every cache has
+    (``namespace``, ``ttl``, ``mode``, ``flush_size``...) are those of
     :class:`~asynccache.config.CacheSettings`; the rest go to the backend, and a setting
     no one knows raises naming the closest known one.
 

@@ -17,7 +17,7 @@ from tests.fake_llm import FakeLLM
 from tests.helpers import FakeClock, chat_completion, unique
 
 #: Backends whose counters are bare numbers updated in place by the server.
-NATIVE_COUNTERS = {"redis", "redis-cluster"}
+NATIVE_COUNTERS = {"redis", "redis-cluster", "memcached"}
 
 _ASYNC_TO_SYNC = {async_name: sync_name for sync_name, async_name in SYNC_TWINS.items()}
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from asynccache import ConfigurationError
-from asynccache.keys import namespace_head
+from asynccache.keys import stored_key_prefix
 from asynccache.semantic import (
     EmbedWhat,
     HashEmbedder,
@@ -125,10 +125,10 @@ def test_distance_and_score_convert_to_the_same_similarity():
 
 
 def test_namespace_head_identifies_namespace_prefixes():
-    assert namespace_head("ns:abc") == "ns:"
-    assert namespace_head("ns:a:b") == "ns:"
-    assert namespace_head("plain") == ""
-    assert namespace_head(":a:b") == ""  # a namespace-less key that holds a colon
+    assert stored_key_prefix("ns:abc") == "ns:"
+    assert stored_key_prefix("ns:a:b") == "ns:"
+    assert stored_key_prefix("plain") == ""
+    assert stored_key_prefix(":a:b") == ""  # a namespace-less key that holds a colon
 
 
 # -- the SemanticEmbedder wrapper -------------------------------------------------------

@@ -23,6 +23,7 @@ from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from ..config import env_settings, unknown_setting
+from ..config import positive_setting as _positive
 from ..exceptions import AccessDeniedError, ConfigurationError
 
 __all__ = [
@@ -123,19 +124,6 @@ def _verification_off(cert_reqs: object) -> bool:
     if isinstance(cert_reqs, str):
         return cert_reqs.lower() == "none"
     return cert_reqs is None or cert_reqs == ssl_module.CERT_NONE
-
-
-def _positive(name: str, value: Any, kind: type = float, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
-        kind is int and not isinstance(value, int)
-    ):
-        raise ConfigurationError(
-            f"{name} must be a positive {kind.__name__}{' or None' if allow_none else ''}, "
-            f"got {value!r}"
-        )
-    return value
 
 
 #: The commands the Redis cache sends, for a least-privilege ACL user (see the docs'

@@ -35,7 +35,7 @@ from ..bridge import LoopLocal
 from ..config import split_settings
 from ..contract import WriteItem
 from ..exceptions import ConfigurationError
-from ..keys import namespace_head
+from ..keys import stored_key_prefix
 from .base import (
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
@@ -250,7 +250,7 @@ class QdrantSemanticBackend(SemanticBackend):
         # The envelope's expiry, copied so searches and purges can filter on it.
         expires_at = envelope.peek_expires_at(data)
         payload: dict[str, Any] = {
-            "key": key, "head": namespace_head(key), "created_at": now,
+            "key": key, "head": stored_key_prefix(key), "created_at": now,
             "expires_at": NEVER if expires_at is None else expires_at,
         }
         try:
@@ -333,7 +333,7 @@ class QdrantSemanticBackend(SemanticBackend):
             return 0
         if prefix == "":
             return await self._delete_where(client, qm.Filter(must=[]))
-        if namespace_head(prefix) == prefix:
+        if stored_key_prefix(prefix) == prefix:
             # A namespace prefix ("ns:"): keys start with it exactly when their head is it.
             return await self._delete_where(client, qm.Filter(must=[_match("head", prefix)]))
         ids: list[Any] = []
