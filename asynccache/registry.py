@@ -33,14 +33,21 @@ _SPECS: dict[str, BackendSpec] = {
     "gcs": BackendSpec("asynccache.backends.gcs:GCSBackend", "gcs", "Google Cloud Storage"),
     "azure_blob": BackendSpec("asynccache.backends.azure_blob:AzureBlobBackend", "azure",
                               "Azure Blob Storage"),
+    "sqlite": BackendSpec("asynccache.backends.sqlite:SQLiteBackend", None,
+                          "one SQLite file (WAL, group commit)"),
+    "sql": BackendSpec("asynccache.backends.sql:SQLBackend", "sql",
+                       "PostgreSQL, MariaDB/MySQL or SQLite through SQLAlchemy asyncio"),
     "redis-semantic": BackendSpec("asynccache.semantic.redis:RedisSemanticBackend", "redis",
                                   "semantic cache on Redis vector search"),
     "qdrant-semantic": BackendSpec("asynccache.semantic.qdrant:QdrantSemanticBackend", "qdrant",
                                    "semantic cache on Qdrant"),
+    "postgres-semantic": BackendSpec("asynccache.semantic.pgvector:PgVectorSemanticBackend",
+                                     "postgres", "semantic cache on PostgreSQL + pgvector"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "sqlite3": "sqlite",
+            "postgres_semantic": "postgres-semantic", "pgvector": "postgres-semantic"}
 
 
 def cache_types() -> list[str]:
