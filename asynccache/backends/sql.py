@@ -86,8 +86,13 @@ def _binary(mysql_type: Any) -> Any:
     return sa.LargeBinary().with_variant(mysql_type, "mysql", "mariadb")
 
 
-def build_table(name: str, metadata: sa.MetaData, schema: str | None = None) -> sa.Table:
-    """The entries table with dialect-correct types (see the module docstring)."""
+def build_table(name: str, metadata: sa.MetaData, schema: str | None = None,
+                extra: Sequence[sa.Column[Any]] = ()) -> sa.Table:
+    """The entries table with dialect-correct types (see the module docstring).
+
+    ``extra`` columns (nullable) are added for stores that keep more per entry (the
+    pgvector semantic store keeps the prompt and its vector).
+    """
     from sqlalchemy.dialects import mysql
 
     table = sa.Table(
@@ -98,6 +103,7 @@ def build_table(name: str, metadata: sa.MetaData, schema: str | None = None) -> 
         sa.Column("value", _binary(mysql.LONGBLOB()), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
         sa.Column("expires_at", sa.Double(), nullable=True),
+        *extra,
         schema=schema,
         mysql_engine="InnoDB",
         mysql_charset="utf8mb4",
@@ -151,25 +157,31 @@ class _Store:
     def _upsert(self, t: sa.Table) -> Any:
         columns: dict[str, Any] = {c: sa.bindparam(c) for c in _COLUMNS}
         updated = ("key_head", "key_tail", "value", "created_at", "expires_at")
+        # A plain write replaces the whole entry: extra columns (a semantic store's prompt
+        # and vector) of an older version must not survive it.
+        cleared = {c.name: sa.null() for c in t.columns if c.name not in _COLUMNS}
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
             pg = pg_insert(t).values(columns)
             return pg.on_conflict_do_update(
-                index_elements=[t.c.key_hash], set_={c: pg.excluded[c] for c in updated}
+                index_elements=[t.c.key_hash],
+                set_={**{c: pg.excluded[c] for c in updated}, **cleared},
             )
         if self.dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             lite = sqlite_insert(t).values(columns)
             return lite.on_conflict_do_update(
-                index_elements=[t.c.key_hash], set_={c: lite.excluded[c] for c in updated}
+                index_elements=[t.c.key_hash],
+                set_={**{c: lite.excluded[c] for c in updated}, **cleared},
             )
         if self.dialect in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import insert as mysql_insert
 
             my = mysql_insert(t).values(columns)
-            return my.on_duplicate_key_update({c: my.inserted[c] for c in updated})
+            return my.on_duplicate_key_update({**{c: my.inserted[c] for c in updated},
+                                               **cleared})
         raise ConfigurationError(
             f"the sql cache supports postgresql, mysql/mariadb and sqlite, not {self.dialect!r}"
         )
@@ -212,7 +224,9 @@ class SQLBackend(Backend):
                  pool_size: int = DEFAULT_POOL_SIZE,
                  purge_interval: float = DEFAULT_PURGE_INTERVAL,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 engine_options: dict[str, Any] | None = None) -> None:
+                 engine_options: dict[str, Any] | None = None,
+                 extra_columns: Sequence[sa.Column[Any]] = (),
+                 before_create: Sequence[str] = ()) -> None:
         if (url is None) == (engine is None):
             raise ConfigurationError("pass exactly one of url= (a database URL) or engine= "
                                      "(an AsyncEngine)")
@@ -234,7 +248,10 @@ class SQLBackend(Backend):
                 raise ConfigurationError(f"{name} must be positive, got {value!r}")
         self.url = self._resolve_url(url if url is not None else engine.url)  # type: ignore[union-attr]
         self.dialect = self.url.get_backend_name()
-        self.table = build_table(table, sa.MetaData(), schema)
+        metadata = sa.MetaData()
+        for statement in before_create:
+            sa.event.listen(metadata, "before_create", sa.DDL(statement))
+        self.table = build_table(table, metadata, schema, extra_columns)
         self.pool_size = pool_size
         self.purge_interval = float(purge_interval)
         self.connect_timeout = float(connect_timeout)

@@ -22,6 +22,7 @@ CONTRACT_BACKENDS = {
     "sql-sqlite": "sql_sqlite_cache_factory",
     "sql-postgres": "sql_postgres_cache_factory",
     "sql-mariadb": "sql_mariadb_cache_factory",
+    "postgres-semantic": "postgres_semantic_cache_factory",
 }
 
 
@@ -101,5 +102,17 @@ async def sql_mariadb_cache_factory(mariadb_server):
     tracker = CacheTracker(
         lambda **kw: Cache(type="sql", url=mariadb_server.url, **_scoped(kw))
     )
+    yield tracker
+    await tracker.aclose()
+
+
+@pytest.fixture
+async def postgres_semantic_cache_factory(postgres_server):
+    """``make(**settings)``: ``Cache(type="postgres-semantic")`` with the hash embedder."""
+    from asynccache.semantic import HashEmbedder
+
+    tracker = CacheTracker(lambda **kw: Cache(
+        type="postgres-semantic", url=postgres_server.url, embedding=HashEmbedder(16),
+        table="asynccache_semantic_contract", **_scoped(kw)))
     yield tracker
     await tracker.aclose()
