@@ -196,7 +196,12 @@ class _Store:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             return sqlite_insert(t).values(columns).on_conflict_do_nothing()
-        return sa.insert(t).values(columns).prefix_with("IGNORE")
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        # Not INSERT IGNORE: on a duplicate it takes a shared row lock, and two
+        # increments upgrading theirs to FOR UPDATE deadlock. A no-op update takes the
+        # exclusive lock at once.
+        return mysql_insert(t).values(columns).on_duplicate_key_update(key_hash=t.c.key_hash)
 
     async def aclose(self) -> None:
         if self.owned:
