@@ -12,9 +12,11 @@ Both servers run in the foreground under :class:`ManagedProcess`, so a test can 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -41,10 +43,23 @@ class SQLServer:
         return self.process.port
 
     def kill(self) -> None:
-        self.process.kill()
+        """SIGKILL the server and every process it forked (a crash of the whole server).
+
+        PostgreSQL's backends outlive a killed postmaster and would keep its shared
+        memory, so the whole process group (ours: started in a new session) goes.
+        """
+        proc = self.process.process
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
     def restart(self) -> None:
-        self.process.restart(ready_timeout=60)
+        """Start the same server again on the same port and data folder."""
+        self.kill()
+        self.process.start(ready_timeout=60)
+        if self.url.startswith("postgresql"):
+            _wait_postgres_ready(self.port)
 
     def stop(self) -> None:
         self.process.stop()
