@@ -223,6 +223,20 @@ async def _server_scenarios(server: str, url: str, quick: bool) -> list[Result]:
         async def ours_tasks() -> None:
             await asyncio.gather(*(cache.async_get_cache(k) for k in keys[:TASKS]))
 
+        # The backend's primitives alone, on the same stored bytes: what the SQL layer
+        # costs, without the cache's envelope, key checks and stats shared by all stores.
+        backend = cache.backend
+        stored = [cache._stored_key(k, "bench") for k in keys]
+        encoded = orjson.dumps(value)
+
+        async def backend_set() -> None:
+            for _ in range(rounds):
+                await backend.set_many([(k, encoded, None) for k in stored])
+
+        async def backend_get() -> None:
+            for _ in range(rounds):
+                await backend.get_many(stored)
+
         async def raw_set() -> None:
             for _ in range(rounds):
                 await raw.set_many(keys, value)
@@ -248,6 +262,13 @@ async def _server_scenarios(server: str, url: str, quick: bool) -> list[Result]:
             if "batch" in scenario:
                 ours.extra["target"] = f">= 0.8x: {'met' if got >= 0.8 else 'NOT met'}"
             results += [ours, peer]
+            primitive = {"set": backend_set, "get": backend_get}.get(scenario.split()[-2])
+            if primitive is not None:
+                alone = await measure(scenario, "asynccache sql (backend alone)", primitive,
+                                      ops, repeats=repeats)
+                alone.extra[f"vs {raw.name}"] = round(ratio(alone, peer), 2)
+                results.append(alone)
+        await cache.async_set_cache_pipeline({k: value for k in keys})
         assert await cache.async_get_cache(keys[0]) == value
     finally:
         await cache.aclose()

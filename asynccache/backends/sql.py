@@ -133,6 +133,7 @@ class _Store:
         self.select = sa.select(t.c.key_hash, t.c.value).where(match, live)
         self.delete = sa.delete(t).where(match)
         self.upsert = self._upsert(t)
+        self._driver_sql(engine, t)
         self.insert_missing = self._insert_missing(t)
         self.expiry = sa.select(t.c.expires_at).where(
             t.c.key_hash == sa.bindparam("hash"), live
@@ -153,6 +154,38 @@ class _Store:
         else:
             self.purge = sa.delete(t).where(t.c.key_hash.in_(doomed.limit(_PURGE_CHUNK)
                                                              .scalar_subquery()))
+
+    def _driver_sql(self, engine: AsyncEngine, t: sa.Table) -> None:
+        """The hot statements as the driver's own SQL (PostgreSQL and MariaDB/MySQL).
+
+        Run with ``exec_driver_sql``: SQLAlchemy still owns the pool, transactions and
+        error handling (a connection killed by a server restart is invalidated), but a
+        1,000-row batch skips per-parameter bind processing and row conversion, which
+        cost about a third of the batch's time next to the raw driver.
+        """
+        self.driver_select: str | None = None
+        self.driver_upsert: str | None = None
+        name = engine.dialect.identifier_preparer.format_table(t)
+        columns = ", ".join(_COLUMNS)
+        extra = [c.name for c in t.columns if c.name not in _COLUMNS]
+        if self.dialect == "postgresql":
+            self.driver_select = (
+                f"SELECT key_hash, value FROM {name} WHERE key_hash = ANY($1::bytea[])"
+                " AND (expires_at IS NULL OR expires_at > $2)")
+            updates = [f"{c} = EXCLUDED.{c}" for c in _COLUMNS[1:]] + [f"{c} = NULL" for c in extra]
+            self.driver_upsert = (
+                f"INSERT INTO {name} ({columns}) VALUES ($1, $2, $3, $4, $5, $6)"
+                f" ON CONFLICT (key_hash) DO UPDATE SET {', '.join(updates)}")
+        elif self.dialect in ("mysql", "mariadb"):
+            self.driver_select = (
+                f"SELECT key_hash, value FROM {name} WHERE key_hash IN ({{marks}})"
+                " AND (expires_at IS NULL OR expires_at > %s)")
+            updates = [f"{c} = VALUES({c})" for c in _COLUMNS[1:]] + [f"{c} = NULL" for c in extra]
+            # One "VALUES (...)" group: the driver's executemany turns it into one
+            # multi-row INSERT for the whole batch.
+            self.driver_upsert = (
+                f"INSERT INTO {name} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
+                f" ON DUPLICATE KEY UPDATE {', '.join(updates)}")
 
     def _upsert(self, t: sa.Table) -> Any:
         columns: dict[str, Any] = {c: sa.bindparam(c) for c in _COLUMNS}
@@ -385,9 +418,16 @@ class SQLBackend(Backend):
             found: dict[bytes, bytes] = {}
             unique = list(dict.fromkeys(hashes))
             for start in range(0, len(unique), CHUNK):
-                result = await connection.execute(
-                    store.select, {"hashes": unique[start : start + CHUNK], "now": now}
-                )
+                chunk = unique[start : start + CHUNK]
+                if store.driver_select is None:
+                    result = await connection.execute(store.select,
+                                                      {"hashes": chunk, "now": now})
+                elif store.dialect == "postgresql":
+                    result = await connection.exec_driver_sql(store.driver_select, (chunk, now))
+                else:
+                    marks = ", ".join(["%s"] * len(chunk))
+                    result = await connection.exec_driver_sql(
+                        store.driver_select.format(marks=marks), (*chunk, now))
                 found.update((bytes(h), bytes(v)) for h, v in result)
             return found
 
@@ -409,7 +449,12 @@ class SQLBackend(Backend):
 
         async def upsert(connection: AsyncConnection, store: _Store) -> None:
             for start in range(0, len(values), CHUNK):
-                await connection.execute(store.upsert, values[start : start + CHUNK])
+                chunk = values[start : start + CHUNK]
+                if store.driver_upsert is None:
+                    await connection.execute(store.upsert, chunk)
+                else:
+                    await connection.exec_driver_sql(
+                        store.driver_upsert, [tuple(row[c] for c in _COLUMNS) for row in chunk])
             if purge:
                 # At most one bounded purge per interval rides along with a write: no
                 # background task to outlive the cache or its loop.
