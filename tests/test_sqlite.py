@@ -236,3 +236,22 @@ def test_sync_twins_work_from_a_script(db_path):
         assert cache.clear() == 1
     finally:
         cache.close()
+
+
+async def test_a_failing_write_never_undoes_the_others_of_its_group(db_path):
+    async with SQLiteCache(path=db_path) as cache:
+        backend = cache.backend
+        assert isinstance(backend, SQLiteBackend)
+
+        def broken(connection: sqlite3.Connection) -> None:
+            connection.execute("INSERT INTO no_such_table VALUES (1)")
+
+        results = await asyncio.gather(
+            *(cache.async_set_cache(f"k{i}", i) for i in range(20)),
+            backend._write(broken),
+            *(cache.async_set_cache(f"j{i}", i) for i in range(20)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[20], sqlite3.OperationalError)
+        assert results[:20] == results[21:] == [True] * 20
+        assert await cache.async_batch_get_cache([f"k{i}" for i in range(20)]) == list(range(20))

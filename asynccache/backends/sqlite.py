@@ -5,10 +5,11 @@
   with SIGKILL loses nothing that was acknowledged (``synchronous=NORMAL``: a power
   cut may lose the last commits, a process crash does not).
 * Writes go to one writer thread with its own connection. Whatever is queued when it
-  wakes up is committed in one transaction (group commit): 64 tasks writing at once
-  cost one commit, not 64. Each write has a savepoint of its own, so one failing write
-  never undoes the others of its group; a caller's write is acknowledged only after
-  its group committed.
+  wakes up is committed in one transaction (group commit), the rows of all its plain
+  writes in one statement: 64 tasks writing at once cost one commit, not 64. If any
+  write of a group fails, the group is rolled back and replayed write by write, so one
+  failing write never undoes the others; a caller's write is acknowledged only after
+  its transaction committed.
 * Reads run on a small pool of reader threads (one connection each). Concurrent single
   gets of one loop tick are merged by the cache's read coalescer into one ``SELECT ...
   WHERE key IN (...)`` and one thread hop.
@@ -101,12 +102,14 @@ def _retry_busy(action: Callable[[], T], deadline: float) -> T:
 
 
 class _Job:
-    """One queued call: a function of a connection, and the asyncio future waiting for it."""
+    """One queued call: a function of a connection (or rows to upsert), and its future."""
 
-    __slots__ = ("future", "loop", "run")
+    __slots__ = ("future", "loop", "rows", "run")
 
-    def __init__(self, run: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, run: Callable[[sqlite3.Connection], Any],
+                 rows: list[tuple[bytes, bytes, float | None]] | None = None) -> None:
         self.run = run
+        self.rows = rows
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = self.loop.create_future()
 
@@ -195,27 +198,53 @@ class _Writer:
 
     def _commit(self, connection: sqlite3.Connection,
                 group: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+        """Run ``group`` in one transaction; if any job fails, run each in its own.
+
+        The common case (nothing fails) costs one transaction and, for plain writes,
+        one ``executemany`` for the rows of the whole group: the writer thread holds the
+        GIL as briefly as possible, since the event loop needs it too. A failing job
+        must not undo the others, so on the rare failure the group is rolled back and
+        replayed job by job.
+        """
+        try:
+            results = self._transaction(connection, group)
+        except Exception as exc:
+            if len(group) == 1:
+                return [(group[0], False, exc)]
+            outcomes: list[tuple[_Job, bool, Any]] = []
+            for job in group:
+                try:
+                    outcomes.append((job, True, self._transaction(connection, [job])[0]))
+                except Exception as single:
+                    outcomes.append((job, False, single))
+            return outcomes
+        return [(job, True, result) for job, result in zip(group, results, strict=True)]
+
+    def _transaction(self, connection: sqlite3.Connection, group: list[_Job]) -> list[Any]:
         deadline = time.monotonic() + self._backend.busy_timeout
-        outcomes: list[tuple[_Job, bool, Any]] = []
         try:
             _retry_busy(lambda: connection.execute("BEGIN IMMEDIATE"), deadline)
-            for index, job in enumerate(group):
-                savepoint = f"job{index}"
-                connection.execute(f"SAVEPOINT {savepoint}")
-                try:
-                    outcomes.append((job, True, job.run(connection)))
-                except Exception as exc:
-                    connection.execute(f"ROLLBACK TO {savepoint}")
-                    outcomes.append((job, False, exc))
-                connection.execute(f"RELEASE {savepoint}")
+            results: list[Any] = []
+            rows: list[tuple[bytes, bytes, float | None]] = []
+            for job in group:
+                if job.rows is not None:
+                    rows.extend(job.rows)  # written below, in one statement for all
+                    results.append(None)
+                else:
+                    if rows:  # keep the order of writes and other jobs
+                        self._backend.upsert_rows(connection, rows)
+                        rows = []
+                    results.append(job.run(connection))
+            if rows:
+                self._backend.upsert_rows(connection, rows)
             self._backend.enforce_bound(connection)
             _retry_busy(lambda: connection.execute("COMMIT"), deadline)
-            self._backend.commits += 1
-        except Exception as exc:
+        except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            return [(job, False, exc) for job in group]
-        return outcomes
+            raise
+        self._backend.commits += 1
+        return results
 
     def _maintain(self, connection: sqlite3.Connection) -> None:
         try:
@@ -420,13 +449,15 @@ class SQLiteBackend(Backend):
             found.update(rows)
         return [found.get(key) for key in wanted]
 
-    def _upsert(self, connection: sqlite3.Connection, items: Sequence[WriteItem],
-                now: float) -> None:
+    @staticmethod
+    def upsert_rows(connection: sqlite3.Connection,
+                    rows: Sequence[tuple[bytes, bytes, float | None]]) -> None:
+        """Write ``(key, value, expires_at)`` rows (inside the writer's transaction)."""
         # REPLACE (delete + insert) gives a rewritten key a new rowid: rowid order is
         # write order, which is what eviction removes oldest-first.
         connection.executemany(
             "INSERT OR REPLACE INTO asynccache_entries (key, value, expires_at) VALUES (?, ?, ?)",
-            [(_key(key), data, None if ttl is None else now + ttl) for key, data, ttl in items],
+            rows,
         )
 
     def purge_expired(self, connection: sqlite3.Connection) -> int:
@@ -480,7 +511,11 @@ class SQLiteBackend(Backend):
         too_large = [len(data) > self.max_bytes for _, data, _ in items]
         kept = [item for item, big in zip(items, too_large, strict=True) if not big]
         if kept:
-            await self._write(lambda connection: self._upsert(connection, kept, now))
+            rows = [(_key(key), data, None if ttl is None else now + ttl)
+                    for key, data, ttl in kept]
+            job = _Job(lambda connection: self.upsert_rows(connection, rows), rows)
+            self._threads_now().writer.submit(job)
+            await job.future
         return [not big for big in too_large] if any(too_large) else None
 
     async def delete_many(self, keys: Sequence[str]) -> int:
