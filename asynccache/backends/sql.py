@@ -507,18 +507,12 @@ class SQLBackend(Backend):
                 "value": b"0", "created_at": now, "expires_at": None if ttl is None else now + ttl,
             })
             row = (await connection.execute(store.lock_row, {"hash": key_hash})).one()
-            value: float = 0
             expires_at = row.expires_at
             if expires_at is not None and expires_at <= now:
                 expires_at = None if ttl is None else now + ttl  # an expired counter restarts
+                value = amount
             else:
-                try:
-                    decoded = envelope.decode(bytes(row.value)).value
-                except envelope.CorruptEntry:
-                    decoded = 0
-                if isinstance(decoded, int | float) and not isinstance(decoded, bool):
-                    value = decoded
-            value += amount
+                value = envelope.counter_value(bytes(row.value)) + amount
             await connection.execute(store.update_value, {
                 "hash": key_hash, "new_value": orjson.dumps(value),
                 "new_expires_at": expires_at, "new_created_at": now,

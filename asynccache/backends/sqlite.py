@@ -557,17 +557,9 @@ class SQLiteBackend(Backend):
                 "SELECT value, expires_at FROM asynccache_entries WHERE key = ?"
                 " AND (expires_at IS NULL OR expires_at > ?)", (stored, now),
             ).fetchone()
-            value: float = 0
-            expires_at = None if ttl is None else now + ttl
-            if row is not None:
-                expires_at = row[1]  # an existing counter keeps its expiry
-                try:
-                    decoded = envelope.decode(row[0]).value
-                except envelope.CorruptEntry:
-                    decoded = 0
-                if isinstance(decoded, int | float) and not isinstance(decoded, bool):
-                    value = decoded
-            value += amount
+            value = envelope.counter_value(None if row is None else row[0]) + amount
+            # An existing counter keeps its expiry.
+            expires_at = (None if ttl is None else now + ttl) if row is None else row[1]
             connection.execute(
                 "INSERT OR REPLACE INTO asynccache_entries (key, value, expires_at)"
                 " VALUES (?, ?, ?)", (stored, orjson.dumps(value), expires_at),
