@@ -277,6 +277,14 @@ async def _server_scenarios(server: str, url: str, quick: bool) -> list[Result]:
     return results
 
 
+def _raw_rows(keys: list[str], value: Any) -> list[tuple[Any, ...]]:
+    """Rows of the cache's table shape, as the raw contenders write them."""
+    now = time.time()
+    data = orjson.dumps(value)
+    return [(hashlib.sha256(f"raw:{k}".encode()).digest(), f"raw:{k}".encode(), None, data,
+             now, None) for k in keys]
+
+
 class _RawAsyncpg:
     name = "raw asyncpg"
 
@@ -284,10 +292,7 @@ class _RawAsyncpg:
         self.pool = pool
 
     async def set_many(self, keys: list[str], value: Any) -> None:
-        now = time.time()
-        data = orjson.dumps(value)
-        rows = [(hashlib.sha256(f"raw:{k}".encode()).digest(), f"raw:{k}".encode(), None, data,
-                 now, None) for k in keys]
+        rows = _raw_rows(keys, value)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(
                 "INSERT INTO bench_raw VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash)"
@@ -318,10 +323,7 @@ class _RawAsyncmy:
         self.pool = pool
 
     async def set_many(self, keys: list[str], value: Any) -> None:
-        now = time.time()
-        data = orjson.dumps(value)
-        rows = [(hashlib.sha256(f"raw:{k}".encode()).digest(), f"raw:{k}".encode(), None, data,
-                 now, None) for k in keys]
+        rows = _raw_rows(keys, value)
         async with self.pool.acquire() as conn:
             async with conn.cursor() as cursor:
                 await cursor.executemany(

@@ -11,24 +11,9 @@ import pytest
 from asynccache import Cache, ConfigurationError, parse_controls
 from asynccache.semantic import HashEmbedder
 from tests.helpers import FakeClock, chat_completion, unique
+from tests.test_semantic import Fixed, chat
 
 pytest.importorskip("pgvector")
-
-
-def chat(text, model="gpt-4o", **params):
-    return {"model": model, "messages": [{"role": "user", "content": text}], **params}
-
-
-class Fixed:
-    """Maps known texts to fixed 2-d vectors: exact control over cosine similarity."""
-
-    dimension = 2
-
-    def __init__(self, vectors):
-        self.vectors = vectors
-
-    async def __call__(self, texts):
-        return [self.vectors[t] for t in texts]
 
 
 @pytest.fixture

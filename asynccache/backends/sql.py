@@ -172,6 +172,8 @@ class _Store:
             self.driver_select = (
                 f"SELECT key_hash, value FROM {name} WHERE key_hash = ANY($1::bytea[])"
                 " AND (expires_at IS NULL OR expires_at > $2)")
+            # A plain write replaces the whole entry: extra columns (a semantic store's
+            # prompt and vector) of an older version must not survive it.
             updates = [f"{c} = EXCLUDED.{c}" for c in _COLUMNS[1:]] + [f"{c} = NULL" for c in extra]
             self.driver_upsert = (
                 f"INSERT INTO {name} ({columns}) VALUES ($1, $2, $3, $4, $5, $6)"
@@ -181,42 +183,25 @@ class _Store:
                 f"SELECT key_hash, value FROM {name} WHERE key_hash IN ({{marks}})"
                 " AND (expires_at IS NULL OR expires_at > %s)")
             updates = [f"{c} = VALUES({c})" for c in _COLUMNS[1:]] + [f"{c} = NULL" for c in extra]
-            # One "VALUES (...)" group: the driver's executemany turns it into one
+                # One "VALUES (...)" group: the driver's executemany turns it into one
             # multi-row INSERT for the whole batch.
             self.driver_upsert = (
                 f"INSERT INTO {name} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
                 f" ON DUPLICATE KEY UPDATE {', '.join(updates)}")
 
     def _upsert(self, t: sa.Table) -> Any:
-        columns: dict[str, Any] = {c: sa.bindparam(c) for c in _COLUMNS}
-        updated = ("key_head", "key_tail", "value", "created_at", "expires_at")
+        """SQLite's upsert (PostgreSQL and MariaDB/MySQL use :meth:`_driver_sql`'s)."""
+        if self.dialect != "sqlite":
+            return None
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(t).values({c: sa.bindparam(c) for c in _COLUMNS})
         # A plain write replaces the whole entry: extra columns (a semantic store's prompt
         # and vector) of an older version must not survive it.
         cleared = {c.name: sa.null() for c in t.columns if c.name not in _COLUMNS}
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            pg = pg_insert(t).values(columns)
-            return pg.on_conflict_do_update(
-                index_elements=[t.c.key_hash],
-                set_={**{c: pg.excluded[c] for c in updated}, **cleared},
-            )
-        if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            lite = sqlite_insert(t).values(columns)
-            return lite.on_conflict_do_update(
-                index_elements=[t.c.key_hash],
-                set_={**{c: lite.excluded[c] for c in updated}, **cleared},
-            )
-        if self.dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-            my = mysql_insert(t).values(columns)
-            return my.on_duplicate_key_update({**{c: my.inserted[c] for c in updated},
-                                               **cleared})
-        raise ConfigurationError(
-            f"the sql cache supports postgresql, mysql/mariadb and sqlite, not {self.dialect!r}"
+        return lite.on_conflict_do_update(
+            index_elements=[t.c.key_hash],
+            set_={**{c: lite.excluded[c] for c in _COLUMNS[1:]}, **cleared},
         )
 
     def _insert_missing(self, t: sa.Table) -> Any:

@@ -86,24 +86,24 @@ async def sql_sqlite_cache_factory(tmp_path):
     await tracker.aclose()
 
 
+async def _server_caches(server: SQLServer):
+    tracker = CacheTracker(lambda **kw: Cache(type="sql", url=server.url, **_scoped(kw)))
+    yield tracker
+    await tracker.aclose()
+
+
 @pytest.fixture
 async def sql_postgres_cache_factory(postgres_server):
     """``make(**settings)``: ``Cache(type="sql")`` on the session's PostgreSQL."""
-    tracker = CacheTracker(
-        lambda **kw: Cache(type="sql", url=postgres_server.url, **_scoped(kw))
-    )
-    yield tracker
-    await tracker.aclose()
+    async for tracker in _server_caches(postgres_server):
+        yield tracker
 
 
 @pytest.fixture
 async def sql_mariadb_cache_factory(mariadb_server):
     """``make(**settings)``: ``Cache(type="sql")`` on the session's MariaDB."""
-    tracker = CacheTracker(
-        lambda **kw: Cache(type="sql", url=mariadb_server.url, **_scoped(kw))
-    )
-    yield tracker
-    await tracker.aclose()
+    async for tracker in _server_caches(mariadb_server):
+        yield tracker
 
 
 @pytest.fixture
