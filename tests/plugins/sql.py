@@ -108,11 +108,18 @@ async def sql_mariadb_cache_factory(mariadb_server):
 
 @pytest.fixture
 async def postgres_semantic_cache_factory(postgres_server):
-    """``make(**settings)``: ``Cache(type="postgres-semantic")`` with the hash embedder."""
+    """``make(**settings)``: ``Cache(type="postgres-semantic")``, the hash embedder by default.
+
+    Caches share one table per vector size (a table holds one size), isolated by namespace.
+    """
     from asynccache.semantic import HashEmbedder
 
-    tracker = CacheTracker(lambda **kw: Cache(
-        type="postgres-semantic", url=postgres_server.url, embedding=HashEmbedder(16),
-        table="asynccache_semantic_contract", **_scoped(kw)))
+    def build(**settings):
+        settings.setdefault("embedding", HashEmbedder(16))
+        size = getattr(settings["embedding"], "dimension", None) or "auto"
+        settings.setdefault("table", f"asynccache_semantic_contract_{size}")
+        return Cache(type="postgres-semantic", url=postgres_server.url, **_scoped(settings))
+
+    tracker = CacheTracker(build)
     yield tracker
     await tracker.aclose()
