@@ -391,7 +391,11 @@ async def _langchain(server: str, url: str, quick: bool) -> list[Result]:
         notes.append(f"LangChain SQLAlchemyCache skipped: {exc}")
         return []
     sync_url = url.replace("+asyncpg", "+psycopg").replace("+asyncmy", "+pymysql")
-    engine = create_engine(sync_url)
+    try:
+        engine = create_engine(sync_url)
+    except ImportError as exc:  # psycopg / pymysql: the bench-peers extra
+        notes.append(f"LangChain SQLAlchemyCache skipped on {server}: {exc}")
+        return []
     try:
         try:
             lc = SQLAlchemyCache(engine)
