@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 # stays fast and works without the extras.
 _LAZY = {
     "DiskCache": "asynccache.backends.disk",
+    "MemcachedCache": "asynccache.backends.memcached",
     "RedisCache": "asynccache.backends.redis",
     "RedisClusterCache": "asynccache.backends.redis_cluster",
     "S3Cache": "asynccache.backends.s3",
@@ -84,6 +85,7 @@ __all__ = [
     "DualCache",
     "GCSCache",
     "ItemTooLargeError",
+    "MemcachedCache",
     "MemoryCache",
     "MissingExtraError",
     "PgVectorSemanticCache",

@@ -63,6 +63,13 @@ class Backend(abc.ABC):
 
     #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
     clock: Callable[[], float] = staticmethod(time.time)
+    #: Largest encoded entry the store itself accepts (``None``: no limit of its own).
+    #: A cache's ``max_item_size`` never exceeds it.
+    max_item_size: int | None = None
+
+    def item_limit_message(self) -> str:
+        """Where :attr:`max_item_size` comes from, for ``ItemTooLargeError`` messages."""
+        return ""
 
     @abc.abstractmethod
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -277,6 +284,10 @@ class BaseCache:
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self._protection = ValueProtection(encryption_keys, compression, compression_min_size)
+        self._item_limit_note = ""
+        if backend.max_item_size is not None and backend.max_item_size < max_item_size:
+            max_item_size = backend.max_item_size
+            self._item_limit_note = f" ({backend.item_limit_message()})"
         self.backend = backend
         self.namespace = namespace
         self.default_ttl = validate_ttl(ttl, "ttl")
@@ -472,7 +483,7 @@ class BaseCache:
         if len(data) > self.max_item_size:
             raise ItemTooLargeError(
                 f"value for key {key[:200]!r} is {len(data)} bytes encoded, over "
-                f"max_item_size={self.max_item_size}"
+                f"max_item_size={self.max_item_size}{self._item_limit_note}"
             )
         return stored, data, seconds
 

@@ -29,6 +29,8 @@ _SPECS: dict[str, BackendSpec] = {
                          "Redis or Redis Cluster"),
     "redis-cluster": BackendSpec("asynccache.backends.redis_cluster:RedisClusterBackend",
                                  "redis", "Redis Cluster"),
+    "memcached": BackendSpec("asynccache.backends.memcached:MemcachedBackend", "memcached",
+                             "one or more memcached nodes"),
     "s3": BackendSpec("asynccache.backends.s3:S3Backend", "s3", "Amazon S3 or compatible"),
     "gcs": BackendSpec("asynccache.backends.gcs:GCSBackend", "gcs", "Google Cloud Storage"),
     "azure_blob": BackendSpec("asynccache.backends.azure_blob:AzureBlobBackend", "azure",

@@ -59,6 +59,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           "PostgreSQL / MariaDB vs asyncpg / asyncmy, batches of 1000, LangChain"),
     Group("redis", "benchmarks.bench_redis", "run",
           "Redis single, concurrent, pipeline, MGET, write-behind"),
+    Group("memcached", "benchmarks.bench_memcached", "run",
+          "memcached vs raw emcache, LangChain MemcachedCache, aiocache"),
     Group("blob", "benchmarks.bench_blob", "run", "object stores, batches of 100/1000"),
     Group("semantic", "benchmarks.bench_semantic", "run", "semantic lookup"),
     Group("protection", "benchmarks.bench_protection", "run",
