@@ -255,3 +255,20 @@ async def test_a_failing_write_never_undoes_the_others_of_its_group(db_path):
         assert isinstance(results[20], sqlite3.OperationalError)
         assert results[:20] == results[21:] == [True] * 20
         assert await cache.async_batch_get_cache([f"k{i}" for i in range(20)]) == list(range(20))
+
+
+async def test_a_dropped_cache_is_collected_and_its_threads_exit(db_path):
+    import gc
+
+    cache = SQLiteCache(path=db_path)
+    assert await cache.async_set_cache("k", 1) is True
+    assert await cache.async_get_cache("k") == 1
+    backend = cache.backend
+    assert isinstance(backend, SQLiteBackend)
+    threads = backend._threads
+    assert threads is not None
+    writer = threads.writer._thread
+    del cache, backend, threads
+    gc.collect()
+    await asyncio.to_thread(writer.join, 30)
+    assert not writer.is_alive()

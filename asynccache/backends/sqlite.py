@@ -38,6 +38,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -149,7 +150,7 @@ class _Writer:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: _Job | None) -> None:
         self._jobs.put(job)
 
     def stop(self, timeout: float) -> None:
@@ -157,11 +158,22 @@ class _Writer:
         self._thread.join(timeout)
 
     def _main(self) -> None:
+        with contextlib.suppress(ReferenceError):  # the cache was collected meanwhile
+            self._serve()
+
+    def _serve(self) -> None:
         backend = self._backend
         connection: sqlite3.Connection | None = None
         next_purge = time.monotonic() + backend.purge_interval
+        first: _Job | None = None
+        job: _Job | None = None
+        group: list[_Job] = []
         try:
             while True:
+                # Drop the last group before waiting: its jobs hold the backend, which
+                # must stay collectable while the thread sleeps.
+                first = job = None
+                group = []
                 wait = max(0.0, next_purge - time.monotonic())
                 try:
                     first = self._jobs.get(timeout=wait if connection is not None else None)
@@ -281,7 +293,7 @@ class _Readers:
         connection: sqlite3.Connection | None = None
         try:
             while True:
-                job = self._jobs.get()
+                job: _Job | None = self._jobs.get()
                 if job is None:
                     return
                 try:
@@ -291,28 +303,45 @@ class _Readers:
                 except Exception as exc:
                     outcome = (job, False, exc)
                 _deliver([outcome])
+                del outcome  # see _Writer._serve: keep the backend collectable
+                job = None
         finally:
             if connection is not None:
                 connection.close()
 
-    def stop(self, timeout: float) -> None:
+    def release(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
+
+    def stop(self, timeout: float) -> None:
+        self.release()
         for thread in self._threads:
             thread.join(timeout)
 
 
 class _Threads:
-    """The writer and readers of one process (threads do not survive a fork)."""
+    """The writer and readers of one process (threads do not survive a fork).
+
+    The threads hold the backend through a weak proxy, so a cache that is dropped
+    without ``aclose()`` is still collected; its finalizer then tells the threads to
+    finish what is queued and exit (queued jobs keep the backend alive until done).
+    """
 
     def __init__(self, backend: SQLiteBackend, readers: int) -> None:
         self.pid = os.getpid()
-        self.writer = _Writer(backend)
-        self.readers = _Readers(backend, readers)
+        proxy = weakref.proxy(backend)
+        self.writer = _Writer(proxy)
+        self.readers = _Readers(proxy, readers)
 
     def close(self, timeout: float) -> None:
         self.writer.stop(timeout)
         self.readers.stop(timeout)
+
+    def release(self) -> None:
+        """Ask the threads to exit after their queued work, without waiting (this may
+        run on one of them, when the last reference goes there)."""
+        self.writer.submit(None)
+        self.readers.release()
 
 
 class SQLiteBackend(Backend):
@@ -417,6 +446,7 @@ class SQLiteBackend(Backend):
                 # A forked child inherits no threads: start its own (the parent's
                 # connections are dropped, never used or closed, as SQLite requires).
                 threads = self._threads = _Threads(self, self.readers)
+                weakref.finalize(self, threads.release)
                 self._schema_ready = False
             return threads
 
