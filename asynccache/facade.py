@@ -42,10 +42,10 @@ class Cache(BaseCache):
     ``Cache()`` is the embedded in-memory default. Other types: ``"disk"``, ``"sqlite"``,
     ``"sql"`` (PostgreSQL, MariaDB/MySQL, SQLite), ``"redis"`` (``redis_startup_nodes=``
     for a cluster), ``"memcached"`` (``servers=[...]``), ``"s3"``, ``"gcs"``,
-    ``"azure_blob"``, ``"redis-semantic"``, ``"qdrant-semantic"``, ``"postgres-semantic"``.
-    Settings shared by all backends (``namespace``, ``ttl``, ``flush_size``...) are those of
-    :class:`BaseCache`; the rest go to the backend, and a setting no one knows raises naming
-    it.
+    ``"azure_blob"``, ``"redis-semantic"``, ``"qdrant-semantic"``, ``"postgres-semantic"``,
+    ``"local-semantic"``. Settings shared by all backends (``namespace``, ``ttl``,
+    ``flush_size``...) are those of :class:`BaseCache`; the rest go to the backend, and a
+    setting no one knows raises naming it.
 
     LLM-call settings:
 

@@ -132,6 +132,8 @@ KeyFunction = Callable[..., str]
 
 def validate_key(key: object) -> str:
     """Check a user-supplied key; raise ``ConfigurationError`` naming the problem."""
+    if type(key) is str and key.isascii() and key:
+        return key  # every hex digest and most keys: nothing to check further
     if not isinstance(key, str):
         raise ConfigurationError(f"cache key must be a str, got {type(key).__name__}: {key!r:.80}")
     if not key:

@@ -45,11 +45,15 @@ _SPECS: dict[str, BackendSpec] = {
                                    "semantic cache on Qdrant"),
     "postgres-semantic": BackendSpec("asynccache.semantic.pgvector:PgVectorSemanticBackend",
                                      "postgres", "semantic cache on PostgreSQL + pgvector"),
+    "local-semantic": BackendSpec("asynccache.semantic.embedded:LocalSemanticBackend",
+                                  "local-semantic",
+                                  "semantic cache with no server: in-process index over disk"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic", "sqlite3": "sqlite",
-            "postgres_semantic": "postgres-semantic", "pgvector": "postgres-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic",
+            "sqlite3": "sqlite", "postgres_semantic": "postgres-semantic",
+            "pgvector": "postgres-semantic"}
 
 
 def cache_types() -> list[str]:

@@ -63,6 +63,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           "memcached vs raw emcache, LangChain MemcachedCache, aiocache"),
     Group("blob", "benchmarks.bench_blob", "run", "object stores, batches of 100/1000"),
     Group("semantic", "benchmarks.bench_semantic", "run", "semantic lookup"),
+    Group("local-semantic", "benchmarks.bench_semantic", "run_embedded",
+          "embedded semantic lookup at 10,000 entries (no server)"),
     Group("protection", "benchmarks.bench_protection", "run",
           "compression and encryption at rest: size and cost per call"),
 )}
