@@ -1,4 +1,4 @@
-"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect.
+"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect, explain.
 
 Caches are configured like :class:`~asynccache.Cache`: ``--type`` (default
 ``$ASYNCCACHE_TYPE`` or ``local``), ``--namespace`` (default ``$ASYNCCACHE_NAMESPACE``)
@@ -209,6 +209,46 @@ async def _cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> 
         await cache.aclose()
 
 
+def _read_request(source: str, stdin: IO[str]) -> dict[str, Any]:
+    text = stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        request = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the request in {source!r} is not JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise ValueError(f"the request in {source!r} must be a JSON object of the call's "
+                         f"arguments (model, messages...), got {type(request).__name__}")
+    return request
+
+
+async def _cmd_explain(args: argparse.Namespace, out: IO[str], err: IO[str],
+                       stdin: IO[str]) -> int:
+    request = _read_request(args.request, stdin)
+    cache = build_cache(args)
+    try:
+        explanation = await cache.async_explain_miss(request)
+        if args.json:
+            _emit(out, {
+                "found": explanation.found, "key": explanation.key,
+                "recorded": explanation.recorded,
+                "nearest_key": None if explanation.nearest is None else explanation.nearest.key,
+                "differences": [{"field": d.path, "recorded": _plain(d.recorded),
+                                 "requested": _plain(d.requested)}
+                                for d in explanation.differences],
+            }, True)
+        else:
+            out.write(str(explanation) + "\n")
+        return EXIT_OK if explanation.found else EXIT_NEGATIVE
+    finally:
+        await cache.aclose()
+
+
+def _plain(value: Any) -> Any:
+    from .recording import ABSENT
+
+    return None if value is ABSENT else value
+
+
 def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     from .demo import format_report, run_demo
 
@@ -315,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--full", action="store_true", help="print the whole value")
     inspect.add_argument("--max-chars", type=int, default=2000,
                          help="truncate the printed value (2000)")
+
+    explain = commands.add_parser(
+        "explain", help="why a request misses: the nearest stored request and what differs "
+                        "(cassettes, or caches with record_requests=true)")
+    explain.add_argument("request", help="a JSON file of the call's arguments, or - for stdin")
+    _add_cache_options(explain)
     return parser
 
 
@@ -345,7 +391,9 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None,
             return asyncio.run(_cmd_clear(args, out, err, inp))
         if args.command == "inspect":
             return asyncio.run(_cmd_inspect(args, out, err))
-    except (CacheError, ValueError, TypeError) as exc:
+        if args.command == "explain":
+            return asyncio.run(_cmd_explain(args, out, err, inp))
+    except (CacheError, ValueError, TypeError, OSError) as exc:
         err.write(f"asynccache {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -8,9 +8,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .base import BaseCache, CacheHit, SimilaritySearch, WriteItem
+from .bridge import sync_twin
+from .config import NOT_GIVEN, NotGiven
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import ConfigurationError
 from .keys import EXCLUDED_PARAMS, namespace_prefix, request_key
+from .recording import (
+    MissExplanation,
+    RequestLog,
+    RequestStore,
+    check_replay_miss,
+    explain,
+    remember_requests,
+)
 from .registry import canonical_type, create_backend
 
 #: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
@@ -49,7 +59,10 @@ class Cache(BaseCache):
       ``"default_off"`` (cache only calls with ``cache={"use-cache": True}``);
     * ``supported_call_types``: which call types the wrappers cache;
     * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
-    * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs).
+    * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs);
+    * ``record_requests``: also store each request (scrubbed of secrets) so
+      :meth:`explain_miss` can say why a request missed (``True`` keeps the 256 most
+      recent per namespace, an int another number; cassettes always keep them).
 
     >>> cache = Cache()
     >>> key = cache.get_cache_key(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
@@ -68,6 +81,7 @@ class Cache(BaseCache):
         caching_groups: Sequence[Iterable[str]] | None = None,
         key_function: Callable[..., str] | None = None,
         excluded_params: Iterable[str] | None = None,
+        record_requests: bool | int = False,
         **settings: Any,
     ) -> None:
         self.type = canonical_type(type)
@@ -88,6 +102,7 @@ class Cache(BaseCache):
         common, backend_settings = _split_settings(settings)
         self._settings = dict(settings)
         super().__init__(create_backend(self.type, backend_settings), **common)
+        self.request_store = _request_store(self, record_requests)
 
     def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
         """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
@@ -121,6 +136,8 @@ class Cache(BaseCache):
         key = key or self.get_cache_key(**call_kwargs)
         namespace = controls.namespace
         hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if hit is None and self.request_store is not None:
+            await check_replay_miss(self, call_kwargs, key, namespace)
         if hit is not None or not isinstance(self.backend, SimilaritySearch):
             return hit
         ns = self._namespace(namespace)
@@ -158,6 +175,8 @@ class Cache(BaseCache):
         key = key or self.get_cache_key(**call_kwargs)
         ns = self._namespace(controls.namespace)
         item = self._encode(key, value, controls.ttl, ns, self.clock())
+        if self.request_store is not None:
+            await remember_requests(self, [(key, call_kwargs)], ns)
         if not isinstance(self.backend, SimilaritySearch):
             return (await self._write([item], ns))[0]
         backend = self.backend
@@ -168,6 +187,18 @@ class Cache(BaseCache):
         )
         self._stats.add("sets" if ok else "set_failures", namespace=ns)
         return ok
+
+    async def async_explain_miss(
+        self, call_kwargs: Mapping[str, Any], *, namespace: str | NotGiven | None = NOT_GIVEN,
+    ) -> MissExplanation:
+        """Why ``call_kwargs`` has (or has no) stored answer: the nearest stored request and
+        the fields that differ. ``str()`` of the result is a readable report.
+
+        Needs stored requests: a cassette, or ``Cache(..., record_requests=True)``.
+        """
+        return await explain(self, call_kwargs, namespace=namespace)
+
+    explain_miss = sync_twin(async_explain_miss)
 
     def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
         """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
@@ -198,6 +229,14 @@ async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item
                  prefix: str) -> bool:
     await backend.index_similar(call_kwargs, item, prefix=prefix)
     return True
+
+
+def _request_store(cache: Cache, record_requests: bool | int) -> RequestStore | None:
+    if isinstance(cache.backend, RequestStore):
+        return cache.backend
+    if record_requests is False:
+        return None
+    return RequestLog(cache, 256 if record_requests is True else record_requests)
 
 
 def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -231,6 +270,15 @@ def disable_cache() -> None:
     """Turn the default cache off (wrapped calls go straight upstream)."""
     global _default_cache
     _default_cache = None
+
+
+def set_default_cache(cache: Cache | None) -> Cache | None:
+    """Make ``cache`` the default cache (``None``: none); return the previous one."""
+    global _default_cache
+    if cache is not None and not isinstance(cache, Cache):
+        raise ConfigurationError(f"the default cache must be a Cache, got {cache!r:.80}")
+    previous, _default_cache = _default_cache, cache
+    return previous
 
 
 def get_default_cache() -> Cache | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..base import BaseCache, CacheHit
 from ..controls import CacheControls, CacheMode
+from ..recording import check_replay_miss, remember_requests
 from .responses import (
     STORE_VERSION,
     CacheInfo,
@@ -115,6 +116,9 @@ async def cached_embedding(
     fresh: dict[str, dict[str, Any]] = {}
     seen_type: type | None = None
     if missing_inputs:
+        # A cassette in replay mode raises here, before anything goes upstream.
+        await check_replay_miss(cache, {**kwargs, "input": missing_inputs[0]}, missing_keys[0],
+                                controls.namespace)
         sent = kwargs if single else {**kwargs, "input": missing_inputs}
         response = await upstream(sent)
         if is_pydantic(response):
@@ -141,6 +145,10 @@ async def cached_embedding(
                 )
             except Exception as exc:
                 fail_open("storing embeddings", exc)
+            await remember_requests(
+                cache, [(key, {**kwargs, "input": item})
+                        for key, item in zip(missing_keys, missing_inputs, strict=True)],
+                controls.namespace)
 
     merged_items = []
     for index, (key, entry) in enumerate(zip(keys, found, strict=True)):

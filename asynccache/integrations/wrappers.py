@@ -39,6 +39,7 @@ from ..controls import CacheControls
 from ..exceptions import ConfigurationError
 from ..facade import Cache, get_default_cache
 from ..keys import namespace_prefix
+from ..recording import ReplayMissError
 from ..redact import redact
 from .embeddings import cached_embedding, split_inputs
 from .responses import (
@@ -231,6 +232,8 @@ class CachedFunction:
             return None
         try:
             return await cache.async_lookup(kwargs, controls=controls, key=key)
+        except ReplayMissError:
+            raise  # a cassette in replay mode: the call must not go upstream
         except Exception as exc:
             self._fail_open("cache lookup", exc)
             return None
@@ -314,7 +317,9 @@ class CachedFunction:
             info = self._hit_info(hit, key)
             chunk_cls = self.chunk_type or resolve_type(
                 KNOWN_RESPONSE_TYPES.get(payload.get("type") or "", ""))
-            chunks = [rebuild(chunk, chunk_cls) for chunk in replay_chunks(payload["data"])]
+            recorded = payload.get("chunks")
+            chunks = [rebuild(chunk, chunk_cls) for chunk in (
+                recorded if isinstance(recorded, list) else replay_chunks(payload["data"]))]
             await self._notify(info)
             return ReplayStream(chunks, info)
 
@@ -330,9 +335,13 @@ class CachedFunction:
             if stored_type is None and self.response_type is not None:
                 stored_type = type_path(self.response_type)
             payload = {**pack(assembled), "type": stored_type}
+            if stream.kept_chunks is not None:
+                payload["chunks"] = stream.kept_chunks
             await self._store(cache, kwargs, payload, controls, key)
 
-        return CachedStream(upstream, on_complete, info)
+        stream = CachedStream(upstream, on_complete, info,
+                              keep_chunks=getattr(cache.backend, "keeps_stream_chunks", False))
+        return stream
 
     # -- embeddings ---------------------------------------------------------------------
 
