@@ -137,7 +137,8 @@ async def _cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> in
         # This process's counters: a fresh CLI process has done only the ping above.
         data["process_stats"] = {
             key: value for key, value in cache.stats().items()
-            if key in {"hits", "misses", "sets", "errors", "timeouts", "circuit", "latency"}
+            if key in {"hits", "misses", "sets", "errors", "timeouts", "circuit", "latency",
+                       "saved"}
         }
         _emit(out, data, args.json)
         return EXIT_OK if data["status"] == "healthy" else EXIT_NEGATIVE

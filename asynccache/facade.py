@@ -22,6 +22,7 @@ from .recording import (
     remember_requests,
 )
 from .registry import canonical_type, create_backend
+from .sampling import PoolServer, SamplingPolicy, parse_sampling
 
 #: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
 DEFAULT_CALL_TYPES: tuple[str, ...] = (
@@ -60,6 +61,9 @@ class Cache(BaseCache):
     * ``supported_call_types``: which call types the wrappers cache;
     * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
     * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs);
+    * ``sampling``: what to do with requests meant to vary (temperature > 0, top_p < 1,
+      n > 1, no seed): ``"cache"`` (default), ``"skip"`` or ``"pool"``, or a dict /
+      :class:`~asynccache.sampling.SamplingPolicy` (``pool_size``, ``serve``);
     * ``record_requests``: also store each request (scrubbed of secrets) so
       :meth:`explain_miss` can say why a request missed (``True`` keeps the 256 most
       recent per namespace, an int another number; cassettes always keep them).
@@ -82,6 +86,7 @@ class Cache(BaseCache):
         key_function: Callable[..., str] | None = None,
         excluded_params: Iterable[str] | None = None,
         record_requests: bool | int = False,
+        sampling: SamplingPolicy | Mapping[str, Any] | str | None = None,
         **settings: Any,
     ) -> None:
         self.type = canonical_type(type)
@@ -99,6 +104,8 @@ class Cache(BaseCache):
         self.excluded_params = (
             EXCLUDED_PARAMS if excluded_params is None else frozenset(excluded_params)
         )
+        self.sampling = parse_sampling(sampling)
+        self.pool_server = PoolServer(self.sampling.serve)
         common, backend_settings = _split_settings(settings)
         self._settings = dict(settings)
         super().__init__(create_backend(self.type, backend_settings), **common)

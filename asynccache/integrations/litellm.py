@@ -25,6 +25,7 @@ reaches the provider.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +40,7 @@ from ..config import NOT_GIVEN, NotGiven
 from ..exceptions import ConfigurationError
 from ..facade import Cache
 from ..recording import ReplayMissError, check_replay_miss, remember_requests, request_store
+from ..savings import count_saved
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -52,6 +54,18 @@ def _request(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     params = ModelParamHelper.get_all_llm_api_params()
     return {name: value for name, value in kwargs.items()
             if name in params and value is not None and name != "cache"}
+
+
+def _count_saved(cache: Cache, value: Any, kwargs: dict[str, Any]) -> None:
+    # LiteLLM stores a completion as {"timestamp": ..., "response": "<JSON text>"}.
+    data = value
+    if isinstance(value, dict) and isinstance(value.get("response"), str):
+        try:
+            data = json.loads(value["response"])
+        except ValueError:
+            return
+    if isinstance(data, dict) and "usage" in data:
+        count_saved(cache, data, namespace=cache.namespace, model=kwargs.get("model"))
 
 
 def _ttl(kwargs: dict[str, Any]) -> float | NotGiven | None:
@@ -86,7 +100,9 @@ class LiteLLMBackend(LiteLLMBaseCache):
     async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
         """The stored entry or ``None`` (backend failures are misses)."""
         value = await self.cache.async_get_cache(key)
-        if value is None and request_store(self.cache) is not None:
+        if value is not None:
+            _count_saved(self.cache, value, kwargs)
+        elif request_store(self.cache) is not None:
             try:
                 await check_replay_miss(self.cache, _request(kwargs), key)
             except ReplayMissError as exc:
