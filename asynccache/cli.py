@@ -254,7 +254,7 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     from .demo import format_report, run_demo
 
     report = asyncio.run(run_demo(args.calls, args.seed, concurrency=args.concurrency,
-                                  use_wrapper=not args.no_wrapper))
+                                  use_wrapper=not args.no_wrapper, sampling=args.sampling))
     if args.json:
         _emit(out, {**vars(report), "hit_rate": report.hit_rate, "speedup": report.speedup},
               True)
@@ -333,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=8, help="calls in flight (8)")
     demo.add_argument("--no-wrapper", action="store_true",
                       help="use Cache.async_lookup/async_store instead of cached()")
+    demo.add_argument("--sampling", choices=("cache", "skip", "pool"), default="cache",
+                      help="policy for the requests sent with temperature > 0 (cache)")
     demo.add_argument("--json", action="store_true", help="print JSON")
 
     commands.add_parser(
