@@ -467,3 +467,18 @@ def test_cli_explain_names_the_differences_in_a_cassette(path, tmp_path):
     code = main(["explain", "-", "--type", "local"], stdin=io.StringIO("[1]"),
                 stdout=out, stderr=err)
     assert code == 2 and "must be a JSON object" in err.getvalue()
+
+
+async def test_no_cache_calls_are_replayed_too(path):
+    cache = cassette_cache(path, "record")
+    await cached(FakeLLM().chat, cache=cache)(model="gpt-4o", messages=messages())
+    await cache.aclose()
+    replayer = FakeLLM()
+    cache = cassette_cache(path, "replay")
+    ask = cached(replayer.chat, cache=cache)
+    answer = await ask(model="gpt-4o", messages=messages(), cache={"no-cache": True})
+    assert replayer.chat_calls == 0 and cache_info(answer).cache_hit is True
+    with pytest.raises(ReplayMissError):
+        await ask(model="gpt-4o", messages=messages("new"), cache={"no-cache": True})
+    assert replayer.chat_calls == 0
+    await cache.aclose()

@@ -205,6 +205,9 @@ class CachedFunction:
         if cache is None or caching is False or not self._enabled_for(cache):
             return await self._upstream(args, kwargs)
         controls = cache.controls(raw_controls)  # a bad control is the user's error: raise
+        if controls.no_cache and (store := request_store(cache)) is not None and store.replay_only:
+            # A replaying cassette has no fresh answer to fetch: "no-cache" reads it too.
+            controls = dataclasses.replace(controls, no_cache=False)
         if not controls.enabled(cache.mode):
             return await self._upstream(args, kwargs)
         streaming = kwargs.get("stream") is True
