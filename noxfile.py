@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests | lint | typecheck | bench | demo``."""
+"""Developer tasks: ``nox -s tests | lint | typecheck | docs | bench | demo``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def typecheck(session: nox.Session) -> None:
     """mypy over the package."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with ``mkdocs build --strict`` into ``site/``.
+
+    ``nox -s docs -- serve`` serves it with live reload instead. The examples on the pages
+    are executed by the test suite (tests/test_docs.py).
+    """
+    session.install("-e", ".[docs]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session(python=PYTHON)
