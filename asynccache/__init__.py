@@ -28,6 +28,7 @@ from .exceptions import (
     ConfigurationError,
     ItemTooLargeError,
     MissingExtraError,
+    ReplayMissError,
     SerializationError,
 )
 from .facade import Cache, disable_cache, enable_cache, get_default_cache, update_cache
@@ -87,6 +88,7 @@ __all__ = [
     "RedisCache",
     "RedisClusterCache",
     "RedisSemanticCache",
+    "ReplayMissError",
     "S3Cache",
     "SerializationError",
     "__version__",

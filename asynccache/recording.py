@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 from .config import NOT_GIVEN, NotGiven
-from .exceptions import CacheError, ConfigurationError
+from .exceptions import CacheError, ConfigurationError, ReplayMissError
 from .keys import EXCLUDED_PARAMS, canonical_request
 
 if TYPE_CHECKING:
@@ -246,18 +246,6 @@ def nearest_request(request: Mapping[str, Any], candidates: Iterable[RecordedReq
     return best[1], best[2]
 
 
-class ReplayMissError(CacheError):
-    """A replay-only cache (a cassette in ``replay`` mode) has no answer for a request.
-
-    Raised instead of letting the call go upstream; ``explanation`` says which recorded
-    request came closest and what differs.
-    """
-
-    def __init__(self, explanation: MissExplanation) -> None:
-        super().__init__(f"asynccache replay miss: {explanation}")
-        self.explanation = explanation
-
-
 # -- where requests are stored --------------------------------------------------------
 
 
@@ -375,7 +363,7 @@ async def explain(cache: BaseCache, call_kwargs: Mapping[str, Any], *, key: str 
     excluded = getattr(cache, "excluded_params", EXCLUDED_PARAMS)
     request = recordable_request(call_kwargs, excluded=excluded)
     if store is None:
-        raise CacheError(
+        raise ConfigurationError(
             "this cache does not store requests, so it cannot explain a miss: create it with "
             "Cache(..., record_requests=True) or use a cassette (Cache(type='cassette'))")
     found = await cache.async_get_entry(key, namespace=ns) is not None

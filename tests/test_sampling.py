@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asynccache import Cache, ConfigurationError, cached
+from asynccache import Cache, ConfigurationError, ReplayMissError, cached
 from asynccache.integrations import cache_info
-from asynccache.recording import ReplayMissError
 from asynccache.sampling import SamplingPolicy, is_sampling, parse_sampling
 from tests.fake_llm import messages
 

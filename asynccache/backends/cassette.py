@@ -6,7 +6,7 @@ cache whose entries live in one JSON file, each with the request that produced i
 * ``record``: start empty; calls go upstream and every answer is written to the file
   (a call repeated in the same run is answered from what was just recorded);
 * ``replay``: answers come only from the file; a request that is not in it raises
-  :class:`~asynccache.recording.ReplayMissError` before any upstream call, naming the
+  :class:`~asynccache.exceptions.ReplayMissError` before any upstream call, naming the
   nearest recorded request and the fields that differ. The file is never written;
 * ``new_episodes``: replay what is recorded, record what is missing;
 * ``off``: the cassette is ignored: every call goes upstream and nothing is written.

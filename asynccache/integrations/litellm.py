@@ -18,7 +18,7 @@ LiteLLM's, so asynccache's ``caching_groups`` and ``key_function`` do not apply 
 LiteLLM's own ``caching_groups`` in its router metadata).
 
 On a cassette in ``replay`` mode a miss raises
-:class:`~asynccache.recording.ReplayMissError` out of ``litellm.acompletion`` (LiteLLM
+:class:`~asynccache.exceptions.ReplayMissError` out of ``litellm.acompletion`` (LiteLLM
 itself swallows cache errors, so the object returned here re-raises it), and no request
 reaches the provider.
 """

@@ -15,7 +15,7 @@ Installed with asynccache (entry point ``pytest11``), so every test suite can us
 
 Without a marker a test's cassette is ``cassettes/<module>/<test name>.json``. In
 ``replay`` mode a request missing from the cassette fails the test with
-:class:`~asynccache.recording.ReplayMissError`, which names the nearest recorded request
+:class:`~asynccache.exceptions.ReplayMissError`, which names the nearest recorded request
 and the fields that differ; nothing goes upstream.
 """
 
@@ -107,4 +107,6 @@ def llm_cassette(request: pytest.FixtureRequest) -> Iterator[Cache]:
         yield cache
     finally:
         set_default_cache(previous)
-        cache.close()
+        # The cache is left open: a write still in flight (LiteLLM stores in a background
+        # task) lands in the shared cassette, which is saved now and again at session end.
+        cassette.save()
