@@ -182,6 +182,15 @@ async def test_record_starts_empty_so_unused_recordings_disappear(path):
     assert [e["request"]["messages"][1]["content"] for e in entries] == ["new"]
 
 
+async def test_recording_nothing_leaves_an_empty_cassette_not_a_stale_one(path):
+    cache = cassette_cache(path, "record")
+    await cached(FakeLLM().chat, cache=cache)(model="gpt-4o", messages=messages("old"))
+    await cache.aclose()
+    cache = cassette_cache(path, "record")
+    await cache.aclose()  # this run made no call
+    assert json.loads(path.read_text())["entries"] == []
+
+
 async def test_off_mode_goes_upstream_and_writes_nothing(path):
     llm = FakeLLM()
     cache = cassette_cache(path, "off")
@@ -431,6 +440,9 @@ def test_cassette_refuses_a_file_that_is_not_a_cassette(tmp_path):
     target = tmp_path / "x.json"
     target.write_text('{"hello": 1}')
     with pytest.raises(ConfigurationError, match="not an asynccache cassette"):
+        Cassette(target, "replay")
+    target.write_text('{"format": "asynccache-cassette-1", "entries": [{"value": 1}]}')
+    with pytest.raises(ConfigurationError, match="entry 0 needs a 'key' and a 'value'"):
         Cassette(target, "replay")
     target.write_text("{not json")
     with pytest.raises(ConfigurationError, match="not readable"):

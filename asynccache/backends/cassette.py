@@ -80,7 +80,9 @@ class Cassette:
         self._lock = threading.Lock()
         self.values: dict[str, bytes] = {}
         self.requests: dict[str, dict[str, Any]] = {}
-        self.dirty = False
+        # Record mode starts empty: the file is rewritten even if nothing is recorded, so a
+        # test that no longer calls a model leaves no stale answers behind.
+        self.dirty = self.record_mode == "record"
         self.existed = self.path.is_file()
         if self.record_mode in ("replay", "new_episodes") and self.existed:
             self._load()
@@ -97,7 +99,11 @@ class Cassette:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ConfigurationError(
                 f"cassette {self.path} is not an asynccache cassette (format {FORMAT!r})")
-        for entry in document.get("entries") or []:
+        for position, entry in enumerate(document.get("entries") or []):
+            if not (isinstance(entry, dict) and isinstance(entry.get("key"), str)
+                    and "value" in entry):
+                raise ConfigurationError(
+                    f"cassette {self.path}: entry {position} needs a 'key' and a 'value'")
             key = entry["key"]
             # Recorded answers never expire: a cassette is replayed long after recording.
             self.values[key] = envelope.encode(_from_json_value(entry["value"]), 0.0, None, key)
