@@ -169,3 +169,31 @@ async def test_a_recorded_pool_replays_without_upstream(tmp_path):
         await ask(**{**SAMPLED, "temperature": 0.5})
     assert upstream.calls == 0
     await cache.aclose()
+
+
+async def test_litellm_skips_sampled_requests_and_refuses_a_pool(monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    from asynccache.integrations.litellm import as_litellm_cache
+
+    with pytest.raises(ConfigurationError, match="sampling='pool' works with cached"):
+        as_litellm_cache(Cache(sampling="pool"))
+    cache = Cache(sampling="skip")
+    litellm.cache = as_litellm_cache(cache)
+    backend = litellm.cache.cache
+    try:
+        sampled = {"model": "gpt-4o-mini", "messages": messages("Write a haiku"),
+                   "temperature": 0.9}
+        seeded = {**sampled, "seed": 3}
+        await backend.async_set_cache("k-sampled", {"answer": 1}, **sampled)
+        await backend.async_set_cache("k-seeded", {"answer": 2}, **seeded)
+        assert cache.stats()["sets"] == 1  # only the seeded request was stored
+        assert await backend.async_get_cache("k-seeded", **seeded) == {"answer": 2}
+        await cache.async_set_cache("k-sampled", {"answer": 1})  # even if present...
+        assert await backend.async_get_cache("k-sampled", **sampled) is None  # ...not served
+        reply = await litellm.acompletion(**sampled, mock_response="fresh")
+        assert reply.choices[0].message.content == "fresh"
+    finally:
+        litellm.disable_cache()
+        await cache.aclose()

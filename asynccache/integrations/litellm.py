@@ -17,6 +17,9 @@ The cache's ``mode`` and ``supported_call_types`` are handed to LiteLLM. Keys ar
 LiteLLM's, so asynccache's ``caching_groups`` and ``key_function`` do not apply here (use
 LiteLLM's own ``caching_groups`` in its router metadata).
 
+``Cache(sampling="skip")`` applies here too: requests meant to vary (temperature > 0,
+no seed...) are neither answered from nor stored in the cache.
+
 On a cassette in ``replay`` mode a miss raises
 :class:`~asynccache.exceptions.ReplayMissError` out of ``litellm.acompletion`` (LiteLLM
 itself swallows cache errors, so the object returned here re-raises it), and no request
@@ -40,6 +43,7 @@ from ..config import NOT_GIVEN, NotGiven
 from ..exceptions import ConfigurationError
 from ..facade import Cache
 from ..recording import ReplayMissError, check_replay_miss, remember_requests, request_store
+from ..sampling import is_sampling
 from ..savings import count_saved
 
 logger = logging.getLogger("asynccache.integrations")
@@ -90,8 +94,14 @@ class LiteLLMBackend(LiteLLMBaseCache):
         # Replay misses LiteLLM swallowed, by key, for LiteLLM's cache object to re-raise.
         self.replay_misses: dict[str, list[ReplayMissError]] = {}
 
+    def _skips(self, kwargs: dict[str, Any]) -> bool:
+        # sampling="skip": requests meant to vary are neither answered nor stored.
+        return self.cache.sampling.mode == "skip" and is_sampling(kwargs)
+
     async def async_set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
         """Store one entry (``ttl=`` in kwargs, else the cache's default TTL)."""
+        if self._skips(kwargs):
+            return
         await self.cache.async_set_cache(key, value, ttl=_ttl(kwargs))
         request = _request(kwargs)
         if request is not None:
@@ -99,6 +109,8 @@ class LiteLLMBackend(LiteLLMBaseCache):
 
     async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
         """The stored entry or ``None`` (backend failures are misses)."""
+        if self._skips(kwargs):
+            return None
         value = await self.cache.async_get_cache(key)
         if value is not None:
             _count_saved(self.cache, value, kwargs)
@@ -193,6 +205,10 @@ def as_litellm_cache(cache: Cache, **litellm_options: Any) -> LiteLLMCache:
     }
     if "type" in options or "_backend" in options:
         raise ConfigurationError("as_litellm_cache chooses the storage: do not pass type=")
+    if cache.sampling.mode == "pool":
+        raise ConfigurationError(
+            "sampling='pool' works with cached() calls, not through LiteLLM's cache (LiteLLM "
+            "keeps one answer per key): use sampling='skip' or 'cache' here")
     return _LiteLLMCache(type=LiteLLMCacheType.LOCAL, _backend=LiteLLMBackend(cache),
                          **options)
 
