@@ -135,6 +135,13 @@ async def _cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> in
         else:
             data.update(await _backend_info(cache))
         data["settings"] = cache.settings()
+        if data["status"] == "healthy":
+            from .savings import stored_savings
+
+            # Totals written by caches created with persist_savings=True (every process).
+            stored = await stored_savings(cache, cache.namespace)
+            if stored["hits"]:
+                data["saved"] = stored
         # This process's counters: a fresh CLI process has done only the ping above.
         data["process_stats"] = {
             key: value for key, value in cache.stats().items()

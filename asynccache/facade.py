@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,8 +24,12 @@ from .recording import (
 )
 from .registry import canonical_type, create_backend
 from .sampling import PoolServer, SamplingPolicy, parse_sampling
+from .savings import enable_persistence
+from .savings import persist as persist_savings
 from .semantic.base import EmbedWhat, split_request
 from .semantic.guard import Judge, SemanticGuard, SemanticVerifier, parse_guard, parse_judge
+
+logger = logging.getLogger("asynccache")
 
 #: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
 DEFAULT_CALL_TYPES: tuple[str, ...] = (
@@ -66,6 +71,9 @@ class Cache(BaseCache):
     * ``sampling``: what to do with requests meant to vary (temperature > 0, top_p < 1,
       n > 1, no seed): ``"cache"`` (default), ``"skip"`` or ``"pool"``, or a dict /
       :class:`~asynccache.sampling.SamplingPolicy` (``pool_size``, ``serve``);
+    * ``persist_savings``: also add what hits saved (see :mod:`asynccache.savings`) to
+      totals stored in the cache itself, every 10 s and on flush/close, so the hits of
+      every process add up and ``asynccache stats`` shows them;
     * ``record_requests``: also store each request (scrubbed of secrets) so
       :meth:`explain_miss` can say why a request missed (``True`` keeps the 256 most
       recent per namespace, an int another number; cassettes always keep them).
@@ -97,6 +105,7 @@ class Cache(BaseCache):
         key_function: Callable[..., str] | None = None,
         excluded_params: Iterable[str] | None = None,
         record_requests: bool | int = False,
+        persist_savings: bool = False,
         sampling: SamplingPolicy | Mapping[str, Any] | str | None = None,
         semantic_guard: bool | Iterable[str] | SemanticGuard = True,
         semantic_judge: Judge | None = None,
@@ -128,6 +137,9 @@ class Cache(BaseCache):
         self._settings = dict(settings)
         super().__init__(create_backend(self.type, backend_settings), **common)
         self.request_store = _request_store(self, record_requests)
+        self.persist_savings = bool(persist_savings)
+        if self.persist_savings:
+            enable_persistence(self)
 
     def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
         """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
@@ -252,6 +264,24 @@ class Cache(BaseCache):
         """Set every counter (semantic verification included) back to zero."""
         super().reset_stats()
         self.semantic_verifier.reset()
+
+    async def async_flush(self) -> None:
+        """Send queued writes (and, with ``persist_savings``, the savings totals)."""
+        if self.persist_savings and not self.closed:
+            await self._persist_savings()
+        await super().async_flush()
+
+    async def aclose(self) -> None:
+        """Write the savings totals (with ``persist_savings``), then close as usual."""
+        if self.persist_savings and not self.closed:
+            await self._persist_savings()
+        await super().aclose()
+
+    async def _persist_savings(self) -> None:
+        try:
+            await persist_savings(self)
+        except Exception:  # statistics never break a flush or a close
+            logger.warning("asynccache: storing the savings totals failed", exc_info=True)
 
     def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
         """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""

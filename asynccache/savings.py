@@ -23,10 +23,12 @@ Nothing here runs on the plain ``get`` path: only LLM hits are counted.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -150,6 +152,9 @@ class SavingsLedger:
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], _Row] = {}
         self._sources: set[str] = set()
+        #: Set by :func:`enable_persistence`: deltas not yet added to the stored totals.
+        self.pending: dict[tuple[str, str], _Row] | None = None
+        self.persisted_at = 0.0
 
     def add(self, namespace: str | None, model: str | None, *, prompt: int, completion: int,
             cached_prompt: int = 0, seconds: float | None = None) -> None:
@@ -161,10 +166,27 @@ class SavingsLedger:
                    upstream_seconds=seconds if isinstance(seconds, int | float) and seconds > 0
                    else 0.0,
                    priced_hits=1 if priced else 0, cost_usd=priced[0] if priced else Decimal(0))
+        key = ("" if namespace is None else namespace, name)
         with self._lock:
-            self._rows.setdefault(("" if namespace is None else namespace, name), _Row()).add(row)
+            self._rows.setdefault(key, _Row()).add(row)
+            if self.pending is not None:
+                self.pending.setdefault(key, _Row()).add(row)
             if priced:
                 self._sources.add(priced[1])
+
+    def take_pending(self) -> dict[tuple[str, str], _Row]:
+        """The deltas not yet persisted (and forget them)."""
+        with self._lock:
+            taken, self.pending = self.pending or {}, ({} if self.pending is not None else None)
+            return taken
+
+    def give_back(self, rows: Mapping[tuple[str, str], _Row]) -> None:
+        """Put deltas whose persisting failed back, to be retried."""
+        with self._lock:
+            if self.pending is None:
+                return
+            for key, row in rows.items():
+                self.pending.setdefault(key, _Row()).add(row)
 
     def snapshot(self) -> dict[str, Any]:
         """Totals, then ``models`` and ``namespaces`` breakdowns (see :class:`_Row`)."""
@@ -197,6 +219,87 @@ class SavingsLedger:
 _ledger_lock = threading.Lock()
 
 
+#: Stored counters: ``<prefix><model>:<field>``, and the list of models of a namespace.
+STORED_PREFIX = "asynccache-saved:"
+STORED_MODELS = "asynccache-saved-models"
+#: Seconds between two writes of the stored totals from the hit path.
+PERSIST_INTERVAL = 10.0
+_persisting: set[Any] = set()
+
+
+def enable_persistence(cache: Any) -> None:
+    """Keep ``cache``'s savings in the cache itself too, so every process's hits add up
+    and ``asynccache stats`` can read them (written every 10 s and on flush/close)."""
+    ledger = ledger_of(cache)
+    with ledger._lock:
+        if ledger.pending is None:
+            ledger.pending = {}
+
+
+async def persist(cache: Any) -> None:
+    """Add this process's new savings to the totals stored in ``cache`` (atomic
+    increments on Redis; a failed write is kept and retried next time)."""
+    ledger = ledger_of(cache)
+    ledger.persisted_at = time.monotonic()
+    rows = ledger.take_pending()
+    failed: dict[tuple[str, str], _Row] = {}
+    by_namespace: dict[str, set[str]] = {}
+    for (namespace, model), row in rows.items():
+        ns = namespace or None
+        for field in FIELDS:
+            amount = getattr(row, field)
+            if not amount:
+                continue
+            done = await cache.async_increment(f"{STORED_PREFIX}{model}:{field}",
+                                               float(amount), ttl=None, namespace=ns)
+            if done is None:
+                failed.setdefault((namespace, model), _Row()).add(_Row(**{field: amount}))
+        by_namespace.setdefault(namespace, set()).add(model)
+    for namespace, models in by_namespace.items():
+        ns = namespace or None
+        known = await cache.async_get_cache(STORED_MODELS, namespace=ns)
+        known = list(known) if isinstance(known, list) else []
+        if not models <= set(known):
+            await cache.async_set_cache(STORED_MODELS, sorted(set(known) | models), ttl=None,
+                                        namespace=ns)
+    if failed:
+        ledger.give_back(failed)
+
+
+def _maybe_persist(cache: Any, ledger: SavingsLedger) -> None:
+    if ledger.pending is None or time.monotonic() - ledger.persisted_at < PERSIST_INTERVAL:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    ledger.persisted_at = time.monotonic()
+    task = loop.create_task(persist(cache))
+    _persisting.add(task)  # keep a reference until it is done
+    task.add_done_callback(_persisting.discard)
+
+
+async def stored_savings(cache: Any, namespace: str | None = None) -> dict[str, Any]:
+    """The savings totals stored in ``cache`` for ``namespace``, by model (see
+    :func:`enable_persistence`); the same shape as ``stats()["saved"]``."""
+    models = await cache.async_get_cache(STORED_MODELS, namespace=namespace)
+    models = [m for m in models if isinstance(m, str)] if isinstance(models, list) else []
+    keys = [f"{STORED_PREFIX}{model}:{field}" for model in models for field in FIELDS]
+    values = await cache.async_batch_get_cache(keys, namespace=namespace) if keys else []
+    total = _Row()
+    rows: dict[str, dict[str, Any]] = {}
+    for index, model in enumerate(models):
+        found = values[index * len(FIELDS):(index + 1) * len(FIELDS)]
+        figures = {field: (value if isinstance(value, int | float) else 0)
+                   for field, value in zip(FIELDS, found, strict=True)}
+        row = _Row(**{field: (Decimal(str(value)) if field == "cost_usd" else
+                              value if field == "upstream_seconds" else int(value))
+                      for field, value in figures.items()})  # type: ignore[arg-type]
+        total.add(row)
+        rows[model] = row.as_dict()
+    return {**total.as_dict(), "models": rows}
+
+
 def ledger_of(cache: Any) -> SavingsLedger:
     """The ledger of ``cache`` (created on first use)."""
     ledger = getattr(cache, "_savings", None)
@@ -226,9 +329,11 @@ def count_saved(cache: Any, data: Any, *, namespace: str | None, model: Any = No
         if isinstance(data, Mapping) and isinstance(data.get("model"), str) and data["model"]:
             model = data["model"]
         prompt, completion, cached = usage
-        ledger_of(cache).add(namespace, model if isinstance(model, str) else None,
-                             prompt=prompt, completion=completion, cached_prompt=cached,
-                             seconds=seconds if isinstance(seconds, int | float) else None)
+        ledger = ledger_of(cache)
+        ledger.add(namespace, model if isinstance(model, str) else None,
+                   prompt=prompt, completion=completion, cached_prompt=cached,
+                   seconds=seconds if isinstance(seconds, int | float) else None)
+        _maybe_persist(cache, ledger)
     except Exception:  # accounting must never break a hit
         import logging
 

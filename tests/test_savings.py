@@ -215,3 +215,57 @@ async def test_opentelemetry_exports_what_hits_saved():
     finally:
         await cache.aclose()
         await other.aclose()
+
+
+def test_persisted_savings_add_up_across_caches_and_show_in_asynccache_stats(tmp_path):
+    import io
+    import json
+
+    from asynccache import cached_sync
+    from asynccache.cli import main
+
+    folder = str(tmp_path / "disk")
+    for _ in range(2):  # two application processes sharing one store
+        cache = Cache(type="disk", disk_cache_dir=folder, namespace="shop",
+                      persist_savings=True)
+        ask = cached_sync(FakeLLM().chat, cache=cache)
+        ask(model="gpt-4o-mini", messages=messages())
+        ask(model="gpt-4o-mini", messages=messages())
+        ask(model="acme-internal-7b", messages=messages())
+        ask(model="acme-internal-7b", messages=messages())
+        cache.close()  # writes this process's totals
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["stats", "--json", "--type", "disk", "--set", f"disk_cache_dir={folder}",
+                 "--namespace", "shop"], stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    saved = json.loads(out.getvalue())["saved"]
+    # First pass: 1 hit per model; second pass: 2 per model (the entries already exist).
+    assert saved["models"]["gpt-4o-mini"]["hits"] == 3
+    assert saved["models"]["gpt-4o-mini"]["total_tokens"] == 3 * 40
+    assert saved["models"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(
+        3 * list_price("gpt-4o-mini", 11, 29))
+    assert saved["models"]["acme-internal-7b"]["price"] == "unknown"
+    assert saved["hits"] == 6 and saved["price"] == "partly known"
+
+
+async def test_without_persist_savings_nothing_extra_is_written(cache):
+    ask = cached(FakeLLM().chat, cache=cache)
+    await ask(model="gpt-4o-mini", messages=messages())
+    await ask(model="gpt-4o-mini", messages=messages())
+    await cache.async_flush()
+    assert cache.stats()["sets"] == 1  # the answer only
+
+
+async def test_the_first_hit_starts_writing_the_stored_totals_without_a_close():
+    import asyncio
+
+    from asynccache import savings
+
+    cache = Cache(namespace="live", persist_savings=True)
+    ask = cached(FakeLLM().chat, cache=cache)
+    await ask(model="gpt-4o-mini", messages=messages())
+    await ask(model="gpt-4o-mini", messages=messages())
+    await asyncio.gather(*savings._persisting)  # the write the hit started
+    stored = await savings.stored_savings(cache, "live")
+    assert stored["hits"] == 1 and stored["models"]["gpt-4o-mini"]["completion_tokens"] == 29
+    await cache.aclose()
