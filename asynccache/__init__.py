@@ -28,6 +28,7 @@ from .exceptions import (
     ConfigurationError,
     ItemTooLargeError,
     MissingExtraError,
+    ReplayMissError,
     SerializationError,
 )
 from .facade import Cache, disable_cache, enable_cache, get_default_cache, update_cache
@@ -95,6 +96,7 @@ __all__ = [
     "RedisCache",
     "RedisClusterCache",
     "RedisSemanticCache",
+    "ReplayMissError",
     "S3Cache",
     "SQLCache",
     "SQLiteCache",

@@ -25,6 +25,8 @@ class BackendSpec:
 _SPECS: dict[str, BackendSpec] = {
     "local": BackendSpec("asynccache.backends.memory:MemoryBackend", None, "in-process LRU"),
     "disk": BackendSpec("asynccache.backends.disk:DiskBackend", None, "files on local disk"),
+    "cassette": BackendSpec("asynccache.backends.cassette:CassetteBackend", None,
+                            "recorded answers in a JSON file, replayed in tests"),
     "redis": BackendSpec("asynccache.backends.redis:create_redis_backend", "redis",
                          "Redis or Redis Cluster"),
     "redis-cluster": BackendSpec("asynccache.backends.redis_cluster:RedisClusterBackend",
