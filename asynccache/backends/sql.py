@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -226,6 +228,24 @@ class _Store:
             await self.engine.dispose()
 
 
+def _tls_context(ca: str | os.PathLike[str] | None, certfile: str | os.PathLike[str] | None,
+                 keyfile: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    """A verifying TLS context for the database connection, or ``None`` (no TLS asked)."""
+    if ca is None:
+        if certfile is not None or keyfile is not None:
+            raise ConfigurationError("ssl_certfile/ssl_keyfile need ssl_ca_certs (the CA "
+                                     "that signed the database server's certificate)")
+        return None
+    try:
+        context = ssl.create_default_context(cafile=os.fspath(ca))
+        if certfile is not None:
+            context.load_cert_chain(os.fspath(certfile),
+                                    None if keyfile is None else os.fspath(keyfile))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS files for the SQL store: {exc}") from None
+    return context
+
+
 class SQLBackend(Backend):
     """Entries in one table of a SQL database, through SQLAlchemy's asyncio Core.
 
@@ -235,7 +255,9 @@ class SQLBackend(Backend):
     (name, default ``asynccache_entries``) and ``schema``; ``pool_size``;
     ``purge_interval`` (seconds between background purges of expired rows);
     ``connect_timeout`` (seconds); ``engine_options`` (passed to
-    ``create_async_engine``).
+    ``create_async_engine``); ``ssl_ca_certs`` (TLS to PostgreSQL or MariaDB/MySQL,
+    verifying the server against that CA file and its host name), with
+    ``ssl_certfile`` / ``ssl_keyfile`` for a client certificate.
     """
 
     name: ClassVar[str] = "sql"
@@ -249,7 +271,11 @@ class SQLBackend(Backend):
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  engine_options: dict[str, Any] | None = None,
                  extra_columns: Sequence[sa.Column[Any]] = (),
-                 before_create: Sequence[str] = ()) -> None:
+                 before_create: Sequence[str] = (),
+                 ssl_ca_certs: str | os.PathLike[str] | None = None,
+                 ssl_certfile: str | os.PathLike[str] | None = None,
+                 ssl_keyfile: str | os.PathLike[str] | None = None) -> None:
+        self._tls = _tls_context(ssl_ca_certs, ssl_certfile, ssl_keyfile)
         if (url is None) == (engine is None):
             raise ConfigurationError("pass exactly one of url= (a database URL) or engine= "
                                      "(an AsyncEngine)")
@@ -305,15 +331,20 @@ class SQLBackend(Backend):
 
     def _engine_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
-        if self.dialect == "postgresql":
-            options["connect_args"] = {"timeout": self.connect_timeout}
-        elif self.dialect in ("mysql", "mariadb"):
-            options["connect_args"] = {"connect_timeout": self.connect_timeout}
+        if self.dialect in ("mysql", "mariadb"):
+            connect_args: dict[str, Any] = {"connect_timeout": self.connect_timeout}
         else:
-            options["connect_args"] = {"timeout": self.connect_timeout}
+            connect_args = {"timeout": self.connect_timeout}
+        if self._tls is not None:
+            if self.dialect == "sqlite":
+                raise ConfigurationError("ssl_ca_certs applies to PostgreSQL and MariaDB/MySQL")
+            # asyncpg and asyncmy both take an SSLContext as ``ssl``.
+            connect_args["ssl"] = self._tls
         if self.dialect != "sqlite" or self.url.database not in (None, "", ":memory:"):
             options.update(pool_size=self.pool_size, max_overflow=self.pool_size)
-        options.update(self.engine_options)
+        given = dict(self.engine_options)
+        options["connect_args"] = {**connect_args, **given.pop("connect_args", {})}
+        options.update(given)
         return options
 
     async def _open(self) -> _Store:

@@ -82,6 +82,16 @@ def postgres_bin_dir() -> Path:
     return folder
 
 
+def debian_postgres_bin_dir() -> Path:
+    """The newest Debian PostgreSQL ``bin`` folder (built with TLS, unlike the wheel's)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda path: int(path.parent.parent.name))
+    if not found:
+        raise ServiceUnavailable("Debian's postgresql is not installed (apt-get install "
+                                 "postgresql); the TLS tests need a server built with TLS")
+    return found[-1].parent
+
+
 def _unprivileged_user() -> pwd.struct_passwd | None:
     """``None`` when not root; else a user PostgreSQL accepts, created if needed."""
     if os.geteuid() != 0:
@@ -106,9 +116,14 @@ def _as_user(user: pwd.struct_passwd | None, command: list[str]) -> list[str]:
 
 
 def start_postgres(workdir: Path | None = None, *, port: int | None = None,
-                   name: str = "postgres") -> SQLServer:
-    """Start PostgreSQL 18 (pgvector available) on 127.0.0.1; trust auth, user ``postgres``."""
-    bin_dir = postgres_bin_dir()
+                   name: str = "postgres", tls: tuple[Path, Path] | None = None) -> SQLServer:
+    """Start PostgreSQL 18 (pgvector available) on 127.0.0.1; trust auth, user ``postgres``.
+
+    ``tls=(certificate, key)``: serve TLS with that certificate and refuse any connection
+    that is not TLS (``hostssl`` only in ``pg_hba.conf``). The wheel's PostgreSQL is built
+    without TLS, so that one runs Debian's PostgreSQL (no pgvector needed there).
+    """
+    bin_dir = postgres_bin_dir() if tls is None else debian_postgres_bin_dir()
     user = _unprivileged_user()
     root = workdir or Path(tempfile.mkdtemp(prefix="asynccache-pg-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -124,23 +139,42 @@ def start_postgres(workdir: Path | None = None, *, port: int | None = None,
         if init.returncode != 0:
             raise ServiceUnavailable(f"initdb failed: {init.stderr[-2000:]}")
     port = port or free_port()
+    tls_args: list[str] = []
+    if tls is not None:
+        tls_args = _postgres_tls(root, data, user, tls)
     command = _as_user(user, [
         str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
         "-c", f"listen_addresses={HOST}", "-c", f"unix_socket_directories={root}",
         "-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB",
+        *tls_args,
     ])
     process = ManagedProcess(name, command, port, root).start(ready_timeout=60)
     url = f"postgresql+asyncpg://{PG_USER}@{HOST}:{port}/{PG_DATABASE}"
     server = SQLServer(process, url)
     try:
-        _wait_postgres_ready(port)
+        _wait_postgres_ready(port, tls=tls is not None)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _wait_postgres_ready(port: int, timeout: float = 30.0) -> None:
+def _postgres_tls(root: Path, data: Path, user: pwd.struct_passwd | None,
+                  tls: tuple[Path, Path]) -> list[str]:
+    """Copy the certificate and key where the server user owns them; TLS-only pg_hba."""
+    cert, key = root / "server.pem", root / "server.key"
+    shutil.copyfile(tls[0], cert)
+    shutil.copyfile(tls[1], key)
+    key.chmod(0o600)
+    (data / "pg_hba.conf").write_text(
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+    if user is not None:
+        for path in (cert, key, data / "pg_hba.conf"):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    return ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+
+
+def _wait_postgres_ready(port: int, timeout: float = 30.0, tls: bool = False) -> None:
     """Wait until the server accepts queries (it listens before recovery ends)."""
     import asyncio
 
@@ -150,15 +184,18 @@ def _wait_postgres_ready(port: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
+                # The readiness probe only needs an encrypted link, not a verified one.
                 connection = await asyncpg.connect(host=HOST, port=port, user=PG_USER,
-                                                   database=PG_DATABASE, timeout=5)
+                                                   database=PG_DATABASE, timeout=5,
+                                                   ssl="require" if tls else None)
             except (OSError, asyncpg.PostgresError) as exc:
                 if time.monotonic() > deadline:
                     raise ServiceUnavailable(f"PostgreSQL never accepted queries: {exc}") from exc
                 await asyncio.sleep(0.05)
                 continue
             try:
-                await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                if not tls:  # Debian's server (used for TLS) has no pgvector
+                    await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
             finally:
                 await connection.close()
             return
@@ -170,8 +207,12 @@ def _wait_postgres_ready(port: int, timeout: float = 30.0) -> None:
 
 
 def start_mariadb(workdir: Path | None = None, *, port: int | None = None,
-                  name: str = "mariadb") -> SQLServer:
-    """Start Debian's MariaDB on 127.0.0.1 with a database ``asynccache``; user ``root``."""
+                  name: str = "mariadb", tls: tuple[Path, Path] | None = None) -> SQLServer:
+    """Start Debian's MariaDB on 127.0.0.1 with a database ``asynccache``; user ``root``.
+
+    ``tls=(certificate, key)``: serve TLS with that certificate and refuse connections
+    that are not TLS (``require_secure_transport``).
+    """
     mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
     install = shutil.which("mariadb-install-db")
     if install is None or not Path(mariadbd).exists():
@@ -194,17 +235,20 @@ def start_mariadb(workdir: Path | None = None, *, port: int | None = None,
         "--innodb-flush-log-at-trx-commit=2", "--innodb-buffer-pool-size=64M",
         "--max-connections=300", "--skip-log-bin",
     ]
+    if tls is not None:
+        command += [f"--ssl-cert={tls[0]}", f"--ssl-key={tls[1]}",
+                    "--require-secure-transport=ON"]
     process = ManagedProcess(name, command, port, root).start(ready_timeout=60)
     server = SQLServer(process, f"mysql+asyncmy://root@{HOST}:{port}/{MARIADB_DATABASE}")
     try:
-        _create_mariadb_database(port)
+        _create_mariadb_database(port, tls=tls is not None)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _create_mariadb_database(port: int, timeout: float = 30.0) -> None:
+def _create_mariadb_database(port: int, timeout: float = 30.0, tls: bool = False) -> None:
     import asyncio
 
     import asyncmy
@@ -213,8 +257,16 @@ def _create_mariadb_database(port: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
+                unverified = None
+                if tls:
+                    import ssl
+
+                    # Setup only: encrypted, not verified (the tests verify).
+                    unverified = ssl.create_default_context()
+                    unverified.check_hostname = False
+                    unverified.verify_mode = ssl.CERT_NONE
                 connection = await asyncmy.connect(host=HOST, port=port, user="root",
-                                                   connect_timeout=5)
+                                                   connect_timeout=5, ssl=unverified)
             except Exception as exc:  # asyncmy raises several kinds while starting
                 if time.monotonic() > deadline:
                     raise ServiceUnavailable(f"MariaDB never accepted queries: {exc}") from exc
