@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 import uuid
@@ -42,8 +43,21 @@ from .keys import (
 )
 from .lifecycle import install_sigterm_drain
 from .protection import ValueProtection
+from .recording import (
+    MissExplanation,
+    RequestLog,
+    RequestStore,
+    check_replay_miss,
+    explain,
+    remember_requests,
+)
 from .redact import redact
+from .sampling import PoolServer, parse_sampling
+from .savings import enable_persistence, ledger_of, snapshot_of
+from .savings import persist as persist_savings
 from .stats import CacheStats
+
+logger = logging.getLogger("asynccache")
 
 __all__ = [
     "DEFAULT_CALL_TYPES", "SYNC_TWINS", "BaseCache", "CacheHit",
@@ -211,6 +225,11 @@ class BaseCache:
             self._set_one_now = sync_primitive(backend, "write_one")
             self._set_now = sync_primitive(backend, "write_many")
 
+        self.request_store = _request_store(self, settings.record_requests)
+        self.persist_savings = bool(settings.persist_savings)
+        if self.persist_savings:
+            enable_persistence(self)
+
     def _init_llm_settings(self, settings: CacheSettings) -> None:
         try:
             self.mode = CacheMode(settings.mode)
@@ -230,6 +249,8 @@ class BaseCache:
         self.key_function = settings.key_function
         excluded = settings.excluded_params
         self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
+        self.sampling = parse_sampling(settings.sampling)
+        self.pool_server = PoolServer(self.sampling.serve)
 
     # -- naming -------------------------------------------------------------------------
 
@@ -661,6 +682,8 @@ class BaseCache:
         key = key or self.get_cache_key(**call_kwargs)
         namespace = controls.namespace
         hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if hit is None and self.request_store is not None:
+            await check_replay_miss(self, call_kwargs, key, namespace)
         backend = self.backend
         if hit is not None or not isinstance(backend, SimilaritySearch):
             return hit
@@ -710,6 +733,8 @@ class BaseCache:
         key = key or self.get_cache_key(**call_kwargs)
         ns = self._namespace(controls.namespace)
         item = self._encode(key, value, controls.ttl, ns, self.clock())
+        if self.request_store is not None:
+            await remember_requests(self, [(key, call_kwargs)], ns)
         backend = self.backend
         if not isinstance(backend, SimilaritySearch):
             return (await self._write([item], ns))[0]
@@ -721,6 +746,16 @@ class BaseCache:
         )
         self._stats.add("sets" if ok else "set_failures", namespace=ns)
         return ok
+
+    async def async_explain_miss(
+        self, call_kwargs: Mapping[str, Any], *, namespace: str | NotGiven | None = NOT_GIVEN,
+    ) -> MissExplanation:
+        """Why ``call_kwargs`` has (or has no) stored answer: the nearest stored request and
+        the fields that differ. ``str()`` of the result is a readable report.
+
+        Needs stored requests: a cassette, or a cache made with ``record_requests=True``.
+        """
+        return await explain(self, call_kwargs, namespace=namespace)
 
     # -- the lease capability (cross-process single-flight) ----------------------------
 
@@ -879,7 +914,10 @@ class BaseCache:
         await self.backend.remove_many([probe])
 
     async def async_flush(self) -> None:
-        """Wait until every queued write-behind entry has been sent."""
+        """Wait until every queued write-behind entry (and, with ``persist_savings``, the
+        savings totals) has been sent."""
+        if self.persist_savings and not self._closed:
+            await self._persist_savings()
         if self._queue is not None:
             await self._queue.drain()
 
@@ -887,10 +925,18 @@ class BaseCache:
         """Drain queued writes, then close the backend's clients. Safe to call twice."""
         if self._closed:
             return
+        if self.persist_savings:
+            await self._persist_savings()
         self._closed = True
         if self._queue is not None:
             await self._queue.stop()
         await self.backend.aclose()
+
+    async def _persist_savings(self) -> None:
+        try:
+            await persist_savings(self)
+        except Exception:  # statistics never break a flush or a close
+            logger.warning("asynccache: storing the savings totals failed", exc_info=True)
 
     async def disconnect(self) -> None:
         """Alias of :meth:`aclose` (LiteLLM's name)."""
@@ -927,10 +973,11 @@ class BaseCache:
 
         Backends add their own events under ``backend_counters``; caches on a semantic
         store add ``semantic``: candidates the vector search found, how many were served,
-        and rejections by reason.
+        and rejections by reason. ``saved``: what LLM hits saved (tokens, USD, upstream
+        seconds) per model and namespace (see :mod:`asynccache.savings`).
         """
         stats = {**self._stats.snapshot(), **self._guard.describe(),
-                 "queued_writes": self.queued_writes,
+                 "queued_writes": self.queued_writes, "saved": snapshot_of(self),
                  "backend_counters": dict(self.backend.counters())}
         if isinstance(self.backend, SimilaritySearch):
             stats["semantic"] = self.backend.similarity_stats()
@@ -941,6 +988,7 @@ class BaseCache:
         self._stats.reset()
         if isinstance(self.backend, SimilaritySearch):
             self.backend.reset_similarity_stats()
+        ledger_of(self).reset()
 
     def __repr__(self) -> str:
         described = {**self.backend.describe(), **self._protection.describe()}
@@ -966,8 +1014,17 @@ class BaseCache:
     get_ttl = sync_twin(async_get_ttl)
     ping = sync_twin(async_ping)
     test_connection = sync_twin(async_test_connection)
+    explain_miss = sync_twin(async_explain_miss)
     flush = sync_twin(async_flush)
     close = sync_twin(aclose)
+
+
+def _request_store(cache: BaseCache, record_requests: bool | int) -> RequestStore | None:
+    if isinstance(cache.backend, RequestStore):
+        return cache.backend
+    if record_requests is False:
+        return None
+    return RequestLog(cache, 256 if record_requests is True else record_requests)
 
 
 async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,

@@ -149,7 +149,16 @@ class CacheSettings:
     * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
     * ``key_function``: replaces :meth:`~asynccache.base.BaseCache.get_cache_key`;
     * ``excluded_params``: call arguments left out of keys (default:
-      :data:`asynccache.keys.EXCLUDED_PARAMS`).
+      :data:`asynccache.keys.EXCLUDED_PARAMS`);
+    * ``sampling``: what to do with requests meant to vary (temperature > 0, top_p < 1,
+      n > 1, no seed): ``"cache"`` (default), ``"skip"`` or ``"pool"``, or a dict /
+      :class:`~asynccache.sampling.SamplingPolicy` (``pool_size``, ``serve``);
+    * ``persist_savings``: also add what hits saved (see :mod:`asynccache.savings`) to
+      totals stored in the cache itself, every 10 s and on flush/close, so the hits of
+      every process add up and ``asynccache stats`` shows them;
+    * ``record_requests``: also store each request (scrubbed of secrets) so
+      ``explain_miss`` can say why a request missed (``True`` keeps the 256 most
+      recent per namespace, an int another number; cassettes always keep them).
 
     >>> CacheSettings(ttl=60).ttl
     60
@@ -177,6 +186,9 @@ class CacheSettings:
     caching_groups: Sequence[Iterable[str]] | None = None
     key_function: Callable[..., str] | None = None
     excluded_params: Iterable[str] | None = None
+    sampling: Any = None
+    persist_savings: bool = False
+    record_requests: bool | int = False
 
     @classmethod
     def names(cls) -> frozenset[str]:

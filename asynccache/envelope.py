@@ -37,8 +37,8 @@ from .protection import FLAGS as _PROTECTION_FLAGS
 from .protection import PLAIN, Unreadable, ValueProtection
 
 __all__ = [
-    "Entry", "counter_number", "decode", "encode", "encode_counter", "is_counter_value",
-    "peek_expires_at", "read_counter",
+    "Entry", "counter_number", "counter_value", "decode", "encode", "encode_counter",
+    "is_counter_value", "peek_expires_at", "read_counter",
 ]
 
 FORMAT_VERSION = 2
@@ -363,3 +363,9 @@ def encode_counter(value: int | float, now: float, expires_at: float | None) -> 
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, now,
                           0.0 if expires_at is None else expires_at)
     return header + orjson.dumps(value)
+
+
+def counter_value(data: bytes | None) -> int | float:
+    """The number a stored counter holds (its expiry aside): 0 when missing, unreadable or
+    not a number. Backends whose increment is a read-modify-write start from this value."""
+    return read_counter(data, -math.inf)[0]

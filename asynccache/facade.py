@@ -11,9 +11,13 @@ from typing import Any
 
 from .base import BaseCache
 from .config import split_settings
+from .exceptions import ConfigurationError
 from .registry import backend_factory, canonical_type, extra_settings
 
-__all__ = ["Cache", "disable_cache", "enable_cache", "get_default_cache", "update_cache"]
+__all__ = [
+    "Cache", "disable_cache", "enable_cache", "get_default_cache", "set_default_cache",
+    "update_cache",
+]
 
 _SECRET_WORDS = ("password", "secret", "key", "token", "connection_string", "credential", "sas")
 
@@ -24,8 +28,9 @@ class Cache(BaseCache):
     ``Cache()`` is the embedded in-memory default (``type="local"``, also spelled
     ``"memory"``). Other types: ``"disk"``, ``"redis"`` (``redis_startup_nodes=`` for a
     cluster), ``"redis-cluster"``, ``"memcached"`` (``servers=[...]``), ``"s3"``,
-    ``"gcs"``, ``"azure_blob"``, ``"dual"`` (``l1=``/``l2=`` caches or settings dicts),
-    ``"redis-semantic"``, ``"qdrant-semantic"``, ``"local-semantic"``
+    ``"gcs"``, ``"azure_blob"``, ``"sqlite"``, ``"sql"`` (PostgreSQL, MariaDB/MySQL,
+    SQLite), ``"dual"`` (``l1=``/``l2=`` caches or settings dicts), ``"redis-semantic"``,
+    ``"qdrant-semantic"``, ``"postgres-semantic"``, ``"local-semantic"``
     (:func:`~asynccache.cache_types` lists them). Settings every cache has
     (``namespace``, ``ttl``, ``mode``, ``flush_size``...) are those of
     :class:`~asynccache.config.CacheSettings`; the rest go to the backend, and a setting
@@ -63,7 +68,7 @@ class Cache(BaseCache):
         return shown
 
 
-_default_cache: Cache | None = None
+_default_cache: BaseCache | None = None
 
 
 def enable_cache(type: str = "local", **settings: Any) -> Cache:
@@ -84,6 +89,15 @@ def disable_cache() -> None:
     _default_cache = None
 
 
-def get_default_cache() -> Cache | None:
+def set_default_cache(cache: BaseCache | None) -> BaseCache | None:
+    """Make ``cache`` (any cache) the default cache (``None``: none); return the previous one."""
+    global _default_cache
+    if cache is not None and not isinstance(cache, BaseCache):
+        raise ConfigurationError(f"the default cache must be a cache, got {cache!r:.80}")
+    previous, _default_cache = _default_cache, cache
+    return previous
+
+
+def get_default_cache() -> BaseCache | None:
     """The cache set by :func:`enable_cache`, or ``None``."""
     return _default_cache

@@ -33,6 +33,8 @@ _SPECS: dict[str, BackendSpec] = {
     "dual": BackendSpec("asynccache.dual:create_dual_backend", None,
                         "in-process L1 in front of any L2 cache"),
     "disk": BackendSpec("asynccache.backends.disk:DiskBackend", None, "files on local disk"),
+    "cassette": BackendSpec("asynccache.backends.cassette:CassetteBackend", None,
+                            "recorded answers in a JSON file, replayed in tests"),
     "redis": BackendSpec("asynccache.backends.redis:create_redis_backend", "redis",
                          "Redis or Redis Cluster", _REDIS_OPTIONS),
     "redis-cluster": BackendSpec("asynccache.backends.redis_cluster:RedisClusterBackend",
@@ -43,17 +45,25 @@ _SPECS: dict[str, BackendSpec] = {
     "gcs": BackendSpec("asynccache.backends.gcs:GCSBackend", "gcs", "Google Cloud Storage"),
     "azure_blob": BackendSpec("asynccache.backends.azure_blob:AzureBlobBackend", "azure",
                               "Azure Blob Storage"),
+    "sqlite": BackendSpec("asynccache.backends.sqlite:SQLiteBackend", None,
+                          "one SQLite file (WAL, group commit)"),
+    "sql": BackendSpec("asynccache.backends.sql:SQLBackend", "sql",
+                       "PostgreSQL, MariaDB/MySQL or SQLite through SQLAlchemy asyncio"),
     "redis-semantic": BackendSpec("asynccache.semantic.redis:RedisSemanticBackend", "redis",
                                   "semantic cache on Redis vector search", _REDIS_OPTIONS),
     "qdrant-semantic": BackendSpec("asynccache.semantic.qdrant:QdrantSemanticBackend", "qdrant",
                                    "semantic cache on Qdrant"),
+    "postgres-semantic": BackendSpec("asynccache.semantic.pgvector:PgVectorSemanticBackend",
+                                     "postgres", "semantic cache on PostgreSQL + pgvector"),
     "local-semantic": BackendSpec("asynccache.semantic.embedded:LocalSemanticBackend",
                                   "local-semantic",
                                   "semantic cache with no server: in-process index over disk"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic",
+            "sqlite3": "sqlite", "postgres_semantic": "postgres-semantic",
+            "pgvector": "postgres-semantic"}
 
 
 #: Aliases listed with the type names (``"memory"`` is what most users write first).

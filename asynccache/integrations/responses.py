@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 STORE_VERSION = 1
+#: Payload field: seconds the upstream call took when the answer was stored (what a
+#: hit saves in time).
+UPSTREAM_SECONDS = "upstream_seconds"
 
 
 @dataclass(frozen=True, slots=True)
