@@ -51,6 +51,7 @@ COMMAND_TIMEOUT = 180.0
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 _MARKER = re.compile(r"^\s*<!--\s*docs:\s*(?P<body>.*?)\s*-->\s*$")
 _MARKER_START = re.compile(r"<!--\s*docs:")
+_CODE_SPAN = re.compile(r"(`+).+?\1")
 
 
 class DocsFormatError(ValueError):
@@ -129,7 +130,7 @@ def parse_page(page: Path, text: str | None = None) -> list[Block]:
             pending.append((index + 1, marker["body"]))
             index += 1
             continue
-        if _MARKER_START.search(line):
+        if _MARKER_START.search(_CODE_SPAN.sub("", line)):
             raise DocsFormatError(
                 f"{relative(page)} line {index + 1}: a docs marker must be alone on its line")
         if fence is None:
@@ -394,6 +395,10 @@ def test_blocks_keep_their_lines_markers_and_order() -> None:
     assert blocks[1].needs == ("redis", "s3")
     assert blocks[2].skip_reason == "needs a key"
     assert shell_commands(blocks[2]) == [(21, "asynccache ping  --type redis")]
+
+
+def test_markers_quoted_in_code_spans_are_text() -> None:
+    assert _parse("Write `<!-- docs: needs redis -->` before the fence.\n") == []
 
 
 def test_indented_fences_are_dedented() -> None:
