@@ -325,16 +325,7 @@ def page_run(page: Path, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
             sys.modules.pop(run.module.__name__, None)
 
 
-def _page_param(page: Path) -> object:
-    if page.name == "README.md" and "## Failure behaviour" in page.read_text(encoding="utf-8"):
-        # The long README predates the runner; its reference sections move to docs/.
-        return pytest.param(page, marks=pytest.mark.xfail(
-            reason="README examples predate the docs runner", strict=True))
-    return page
-
-
-@pytest.mark.parametrize("page", [_page_param(page) for page in documented_pages()],
-                         ids=relative)
+@pytest.mark.parametrize("page", documented_pages(), ids=relative)
 def test_page_runs(page: Path, request: pytest.FixtureRequest,
                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every python block and documented command of the page runs without error."""
