@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .flush import FlushQueue
 from .guard import CircuitBreaker, GuardedBackend
 from .keys import namespace_prefix, validate_key
 from .lifecycle import install_sigterm_drain
+from .protection import DEFAULT_COMPRESSION_MIN_SIZE, ValueProtection
 from .redact import redact
 from .stats import CacheStats
 
@@ -232,6 +234,9 @@ class BaseCache:
       ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
       :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
     * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker;
+    * ``encryption_keys``: encrypt values at rest with AES-GCM (the first key encrypts,
+      all decrypt); ``compression`` (``"zstd"``, ``"zlib"``, ``"auto"``) with
+      ``compression_min_size``: compress larger values (see :mod:`asynccache.protection`);
     * ``clock``: seconds since the epoch (inject one in tests).
 
     >>> cache = MemoryCache(ttl=60)                      # doctest: +SKIP
@@ -257,6 +262,9 @@ class BaseCache:
         flush_retries: int = 8,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
+        encryption_keys: Sequence[bytes | str] | None = None,
+        compression: str | None = None,
+        compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if namespace is not None:
@@ -265,6 +273,7 @@ class BaseCache:
             raise ConfigurationError(f"max_item_size must be a positive int, got {max_item_size!r}")
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self._protection = ValueProtection(encryption_keys, compression, compression_min_size)
         self.backend = backend
         self.namespace = namespace
         self.default_ttl = validate_ttl(ttl, "ttl")
@@ -357,12 +366,13 @@ class BaseCache:
         entries: list[envelope.Entry | None] = []
         hits = corrupt = expired = size = 0
         decode = envelope.decode
+        protection = self._protection
         for data in found:
             if data is None:
                 entries.append(None)
                 continue
             try:
-                entry = decode(data)
+                entry = decode(data, protection)
             except envelope.CorruptEntry:
                 corrupt += 1
                 entries.append(None)
@@ -454,7 +464,8 @@ class BaseCache:
                 namespace: str | None, now: float) -> WriteItem:
         stored = self._stored_key(key, namespace)
         seconds = resolve_ttl(ttl, self.default_ttl)
-        data = envelope.encode(value, now, None if seconds is None else now + seconds, key)
+        data = envelope.encode(value, now, None if seconds is None else now + seconds, key,
+                               self._protection)
         if len(data) > self.max_item_size:
             raise ItemTooLargeError(
                 f"value for key {key[:200]!r} is {len(data)} bytes encoded, over "
@@ -597,7 +608,7 @@ class BaseCache:
         if data is None:
             return None
         try:
-            entry = envelope.decode(data)
+            entry = envelope.decode(data, self._protection)
         except envelope.CorruptEntry:
             return None
         now = self.clock()
@@ -618,16 +629,21 @@ class BaseCache:
     async def async_test_connection(self) -> dict[str, Any]:
         """Check the backend; raise :class:`CacheConnectionError` with a clear reason.
 
-        Returns a small report (``{"status": "healthy", "backend": ..., "latency_ms": ...}``).
+        Besides reaching the store, it writes, reads and deletes one short-lived probe
+        entry in the cache's namespace, so credentials that may connect but not write
+        (a Redis ACL, a bucket policy, a SQL grant) fail here with
+        :class:`~asynccache.exceptions.AccessDeniedError` instead of turning every later
+        write into a silent failure. Returns a small report
+        (``{"status": "healthy", "backend": ..., "latency_ms": ...}``).
         """
         self._check_open()
         started = time.perf_counter()
         try:
             timeout = self._guard.timeout
             if timeout is None:
-                await self.backend.ping()
+                await self._probe()
             else:
-                await asyncio.wait_for(self.backend.ping(), timeout)
+                await asyncio.wait_for(self._probe(), timeout)
         except CacheError:
             raise
         except Exception as exc:
@@ -637,6 +653,18 @@ class BaseCache:
             ) from exc
         latency = (time.perf_counter() - started) * 1000
         return {"status": "healthy", "backend": self.backend.name, "latency_ms": round(latency, 3)}
+
+    async def _probe(self) -> None:
+        # Straight to the backend: a health check is neither counted in stats nor
+        # allowed to trip the circuit breaker.
+        await self.backend.ping()
+        probe = self._stored_key(f"asynccache-probe-{os.getpid()}-{id(self):x}", self.namespace)
+        data = envelope.encode(True, self.clock(), self.clock() + 30)
+        flags = await self.backend.set_many([(probe, data, 30.0)])
+        if flags is not None and not all(flags):
+            raise CacheConnectionError(f"{self.backend.name} backend refused a probe write")
+        await self.backend.get_many([probe])
+        await self.backend.delete_many([probe])
 
     async def async_flush(self) -> None:
         """Wait until every queued write-behind entry has been sent."""
@@ -692,7 +720,8 @@ class BaseCache:
         self._stats.reset()
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in self.backend.describe().items())
+        described = {**self.backend.describe(), **self._protection.describe()}
+        settings = ", ".join(f"{k}={v!r}" for k, v in described.items())
         return (f"{type(self).__name__}(backend={self.backend.name!r}"
                 f"{', ' + settings if settings else ''}, namespace={self.namespace!r}, "
                 f"ttl={self.default_ttl!r})")

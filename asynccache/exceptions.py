@@ -4,7 +4,8 @@ Every error asynccache raises derives from :class:`CacheError`::
 
     CacheError
     ├── ConfigurationError (also ValueError)   a bad setting, control, TTL or type name
-    │   └── ItemTooLargeError                   a value over ``max_item_size``
+    │   ├── ItemTooLargeError                   a value over ``max_item_size``
+    │   └── AccessDeniedError                   the store refused a command to this user
     ├── SerializationError (also TypeError)    a value that cannot be stored as JSON
     ├── MissingExtraError (also ImportError)   a backend whose extra is not installed
     ├── BackendError                            the store failed (translated at the boundary)
@@ -31,6 +32,15 @@ class ConfigurationError(CacheError, ValueError):
 
 class ItemTooLargeError(ConfigurationError):
     """A value whose encoded size is over the cache's ``max_item_size``."""
+
+
+class AccessDeniedError(ConfigurationError):
+    """The store refused an operation for lack of permission (a Redis ACL, a bucket
+    policy, a SQL grant): the cache's credentials need more rights, which no retry fixes.
+
+    :meth:`BaseCache.test_connection` raises it; on the read and write paths it is a miss
+    or a failed write like any backend failure, and the log line names the permission.
+    """
 
 
 class SerializationError(CacheError, TypeError):

@@ -34,8 +34,8 @@ from typing import Any
 
 from asynccache import Cache
 from asynccache.semantic import HashEmbedder, LocalEmbedder
-from tests.servers.processes import running, start_valkey
 from benchmarks._measure import Result, measure
+from tests.servers.processes import running, start_valkey
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
 PAIRS_FILE = Path(__file__).parent / "data" / "paraphrase_pairs.json"

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asynccache import Cache
-from tests.servers.processes import ManagedProcess, start_valkey
 from benchmarks._measure import LoopLagProbe
+from tests.servers.processes import ManagedProcess, start_valkey
 
 #: Upper bound on any wait for an observable condition (never reached when things work).
 WAIT_LIMIT = 30.0

@@ -57,6 +57,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           "Redis single, concurrent, pipeline, MGET, write-behind"),
     Group("blob", "benchmarks.bench_blob", "run", "object stores, batches of 100/1000"),
     Group("semantic", "benchmarks.bench_semantic", "run", "semantic lookup"),
+    Group("protection", "benchmarks.bench_protection", "run",
+          "compression and encryption at rest: size and cost per call"),
 )}
 
 

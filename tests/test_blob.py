@@ -27,11 +27,11 @@ from asynccache.backends.gcs import GCSBackend, GCSCache, lifecycle_rules
 from asynccache.backends.s3 import S3Backend, S3Cache
 from asynccache.base import BaseCache
 from asynccache.keys import namespace_prefix
-from tests.servers import blob_servers
-from tests.servers.processes import ManagedProcess, ServiceUnavailable
 from tests.helpers import FakeClock, chat_completion, unique
 from tests.plugins.blob import bucket_name
 from tests.plugins.services import service_unavailable
+from tests.servers import blob_servers
+from tests.servers.processes import ManagedProcess, ServiceUnavailable
 
 CACHES = {"s3": S3Cache, "gcs": GCSCache, "azure_blob": AzureBlobCache}
 PATH_SETTING = {"s3": "s3_path", "gcs": "gcs_path", "azure_blob": "azure_path"}

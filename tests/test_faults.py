@@ -20,7 +20,6 @@ import time
 import pytest
 
 from asynccache import Cache, DualCache, MemoryCache
-from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from benchmarks.fault_report import (
     WAIT_LIMIT,
     count_keys,
@@ -31,6 +30,7 @@ from benchmarks.fault_report import (
 )
 from tests.helpers import unique
 from tests.plugins.services import service_unavailable
+from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 
 
 @pytest.fixture

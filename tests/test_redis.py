@@ -26,9 +26,9 @@ from asynccache.backends.redis import (
 from asynccache.backends.redis_cluster import RedisClusterBackend
 from asynccache.exceptions import ConfigurationError
 from asynccache.keys import namespace_prefix
-from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from tests.helpers import CacheTracker, chat_completion, unique
 from tests.plugins.services import service_unavailable
+from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 
 
 @pytest.fixture

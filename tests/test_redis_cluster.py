@@ -17,8 +17,8 @@ from redis.crc import key_slot
 from asynccache import Cache
 from asynccache.backends.redis_cluster import RedisClusterBackend, RedisClusterCache
 from asynccache.keys import namespace_prefix
-from tests.servers.processes import wait_cluster_ok
 from tests.helpers import CacheTracker, unique
+from tests.servers.processes import wait_cluster_ok
 
 
 def cluster_nodes(port: int) -> list[dict]:

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from asynccache import Cache, CacheError
-from tests.servers import blob_servers
-from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 from tests.helpers import unique
 from tests.plugins.services import service_unavailable
+from tests.servers import blob_servers
+from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
 
 REDIS_SERVER_PASSWORD = "server-side-Pa55-kept"
 

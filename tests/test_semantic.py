@@ -15,8 +15,8 @@ import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError, parse_controls
 from asynccache.semantic import HashEmbedder, LocalEmbedder
-from tests.servers.processes import free_port
 from tests.helpers import FakeClock, chat_completion, unique
+from tests.servers.processes import free_port
 
 pytest.importorskip("qdrant_client")
 
@@ -386,3 +386,21 @@ async def test_sync_twins_work_from_a_thread(make):
         return cache.get_cache(cache.get_cache_key(**chat("sync world")))
 
     assert await asyncio.to_thread(from_script) == "v"
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_encrypted_answers_stay_searchable(make, store):
+    """The answer is sealed at rest; the vector and filter fields stay searchable."""
+    from asynccache.protection import generate_key
+
+    vectors = {"What is 2+2?": [1.0, 0.0], "what's 2 + 2": [0.99, 0.14]}
+    cache = make(store, embedding=Fixed(vectors), similarity_threshold=0.9,
+                 encryption_keys=[generate_key()])
+    answer = chat_completion("The sum is four, in confidence")
+    assert await cache.async_store(chat("What is 2+2?"), answer) is True
+    hit = await cache.async_lookup(chat("what's 2 + 2"))
+    assert hit is not None and hit.value == answer
+    key = cache.get_cache_key(**chat("What is 2+2?"))
+    stored = cache._stored_key(key, cache.namespace)
+    raw = (await cache.backend.get_many([stored]))[0]
+    assert raw is not None and b"confidence" not in raw

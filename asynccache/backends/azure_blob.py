@@ -14,6 +14,7 @@ blobs, and an account lifecycle rule on the ``azure_path`` prefix is the safety 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
@@ -78,6 +79,7 @@ class AzureBlobBackend(BlobBackend):
         azure_api_version: str | None = None,
         azure_create_container: bool = True,
         azure_retry_total: int = 3,
+        azure_ssl_ca_certs: str | os.PathLike[str] | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
@@ -122,6 +124,9 @@ class AzureBlobBackend(BlobBackend):
                     "azure-identity to use DefaultAzureCredential")
             self._default_credential = True
         self._client_options: dict[str, Any] = {"retry_total": azure_retry_total}
+        if azure_ssl_ca_certs is not None:
+            # A private CA (Azurite over HTTPS, a TLS proxy); verification stays on.
+            self._client_options["connection_verify"] = os.fspath(azure_ssl_ca_certs)
         if azure_api_version is not None:
             self._client_options["api_version"] = azure_api_version
         self._clients: LoopLocal[tuple[ContainerClient, Any]] = LoopLocal(self._open, self._shut)
@@ -250,8 +255,11 @@ class AzureBlobBackend(BlobBackend):
             raise connection_error("Azure Blob", what, f"error HTTP {status} "
                                    f"{_error_code(exc)}", exc) from exc
         except ServiceRequestError as exc:
-            raise connection_error("Azure Blob", what, "cannot reach the account endpoint",
-                                   exc) from exc
+            reason = "cannot reach the account endpoint"
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                reason += (" (its TLS certificate does not verify: CERTIFICATE_VERIFY_FAILED; "
+                           "pass azure_ssl_ca_certs for a private CA)")
+            raise connection_error("Azure Blob", what, reason, exc) from exc
         except AzureError as exc:
             raise connection_error("Azure Blob", what, "unusable", exc) from exc
 

@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -72,6 +73,7 @@ class GCSBackend(BlobBackend):
         *,
         gcs_api_root: str | None = None,
         gcs_timeout: int = 30,
+        gcs_ssl_ca_certs: str | os.PathLike[str] | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
@@ -88,6 +90,9 @@ class GCSBackend(BlobBackend):
         self.api_root = gcs_api_root or emulator
         self.emulated = self.api_root is not None
         self.timeout = gcs_timeout
+        # A private CA (a TLS-terminating proxy or an emulator serving HTTPS); the system
+        # trust store otherwise. Verification is never turned off here.
+        self.ssl_ca_certs = None if gcs_ssl_ca_certs is None else os.fspath(gcs_ssl_ca_certs)
         self._clients: LoopLocal[Storage] = LoopLocal(self._open, self._shut)
 
     # -- clients ------------------------------------------------------------------------
@@ -112,8 +117,11 @@ class GCSBackend(BlobBackend):
                     f"GCS service-account file {where!r} is not a Google credentials file "
                     "(no \"type\" field)")
             service_file = io.StringIO(text)
+        tls: ssl.SSLContext | bool = True
+        if self.ssl_ca_certs is not None:
+            tls = ssl.create_default_context(cafile=self.ssl_ca_certs)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_concurrency),
+            connector=aiohttp.TCPConnector(limit=self.max_concurrency, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
         )
         try:

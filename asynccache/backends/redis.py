@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -31,13 +32,15 @@ from typing import Any, ClassVar
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.retry import Retry
 
 from ..base import Backend, BaseCache, WriteItem
 from ..bridge import LoopLocal
 from ..config import NotGiven, env_settings
-from ..exceptions import ConfigurationError
+from ..exceptions import AccessDeniedError, ConfigurationError
+
+logger = logging.getLogger("asynccache")
 
 _hiredis_pack: Any
 try:  # hiredis packs commands in C; redis[hiredis] brings it
@@ -124,6 +127,15 @@ def redis_env_settings(environ: Mapping[str, str] | None = None) -> dict[str, An
     return found
 
 
+def _verification_off(cert_reqs: object) -> bool:
+    """Whether an ``ssl_cert_reqs`` value turns server certificate checks off."""
+    import ssl as ssl_module
+
+    if isinstance(cert_reqs, str):
+        return cert_reqs.lower() == "none"
+    return cert_reqs is None or cert_reqs == ssl_module.CERT_NONE
+
+
 def _positive(name: str, value: Any, kind: type = float, allow_none: bool = False) -> Any:
     if value is None and allow_none:
         return None
@@ -137,8 +149,35 @@ def _positive(name: str, value: Any, kind: type = float, allow_none: bool = Fals
     return value
 
 
+#: The commands the Redis cache sends, for a least-privilege ACL user (see the docs'
+#: security page): ``ACL SETUSER cache on >PASSWORD resetkeys ~NAMESPACE:* -@all +...``.
+REQUIRED_COMMANDS = ("get", "mget", "set", "del", "unlink", "scan", "incrbyfloat",
+                     "pexpire", "pttl", "ping")
+
+
+def access_denied(exc: NoPermissionError) -> AccessDeniedError:
+    """A Redis ``NOPERM`` reply as an error that says which rights the cache needs."""
+    return AccessDeniedError(
+        f"Redis refused the cache's user: {exc}. The cache needs the commands "
+        f"{' '.join('+' + name for name in REQUIRED_COMMANDS)} on its namespace's keys "
+        "(e.g. ~NAMESPACE:*)"
+    )
+
+
+def raise_for_permission(replies: Sequence[object]) -> None:
+    """Raise :class:`AccessDeniedError` if any reply is a ``NOPERM`` error.
+
+    A permission error is a configuration problem of the whole batch, not a failure of
+    one item: it is raised so the guard logs it and ``test_connection`` reports it.
+    """
+    for reply in replies:
+        if isinstance(reply, NoPermissionError):
+            raise access_denied(reply) from reply
+
+
 def write_flags(replies: Sequence[object]) -> list[bool] | None:
     """Per-item results of a batch of writes: ``None`` when every reply succeeded."""
+    raise_for_permission(replies)
     if any(isinstance(reply, Exception) for reply in replies):
         return [not isinstance(reply, Exception) for reply in replies]
     return None
@@ -230,6 +269,14 @@ class RedisSettings:
             nodes = tuple((n["host"], n["port"]) for n in env["startup_nodes"])
         use_ssl = bool(pick("ssl", ssl, False))
         options = dict(extra or {})
+        nested = options.pop("client_options", None)
+        if nested is not None:
+            if not isinstance(nested, Mapping):
+                raise ConfigurationError(
+                    f"client_options must be a dict of connection options, got {nested!r:.100}"
+                )
+            # The semantic cache's spelling; accepted here too so one dict works for both.
+            options = {**nested, **options}
         allowed = CONNECTION_OPTIONS - (_NOT_ON_CLUSTER if nodes else frozenset())
         for name in options:
             if name not in allowed:
@@ -239,6 +286,12 @@ class RedisSettings:
                 )
             if name.startswith("ssl_") and not use_ssl:
                 raise ConfigurationError(f"{name} needs ssl=True or a rediss:// url")
+        if use_ssl and _verification_off(options.get("ssl_cert_reqs", "required")):
+            logger.warning(
+                "asynccache: TLS certificate verification is OFF for Redis (ssl_cert_reqs=%r): "
+                "the connection is encrypted but the server is not authenticated",
+                options["ssl_cert_reqs"],
+            )
         return cls(
             host=str(pick("host", host, DEFAULT_HOST)),
             port=port_number,
@@ -464,6 +517,7 @@ class RedisBackend(Backend):
         """Run one command and return its reply (an error reply raises)."""
         reply = (await self._run(pack(*args), 1))[0]
         if isinstance(reply, Exception):
+            raise_for_permission((reply,))
             raise reply
         return reply
 
@@ -472,6 +526,7 @@ class RedisBackend(Backend):
             return []
         reply = (await self._run(pack(b"MGET", *[key.encode() for key in keys]), 1))[0]
         if isinstance(reply, Exception):
+            raise_for_permission((reply,))
             raise reply
         return list(reply)
 
@@ -507,6 +562,7 @@ class RedisBackend(Backend):
             commands.append(pack(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)), b"NX"))
         # Not retried: INCRBYFLOAT is not idempotent.
         replies = await self._run(b"".join(commands), len(commands), retry=False)
+        raise_for_permission(replies)
         value = replies[0]
         if isinstance(value, ResponseError):
             if "not a valid float" not in str(value):

@@ -49,6 +49,7 @@ from .redis import (
     _async_timeout,
     escape_glob,
     pack,
+    raise_for_permission,
     set_command,
     split_backend_settings,
     write_flags,
@@ -285,6 +286,7 @@ class RedisClusterBackend(Backend):
             return []
         encoded = [key.encode() for key in keys]
         replies = await self._batch([pack(b"GET", key) for key in encoded], encoded)
+        raise_for_permission(replies)
         for reply in replies:
             if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                 raise reply
@@ -301,6 +303,7 @@ class RedisClusterBackend(Backend):
             return 0
         encoded = [key.encode() for key in keys]
         replies = await self._batch([pack(b"UNLINK", key) for key in encoded], encoded)
+        raise_for_permission(replies)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

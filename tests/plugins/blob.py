@@ -14,10 +14,10 @@ import pytest
 from asynccache.backends.azure_blob import AzureBlobCache
 from asynccache.backends.gcs import GCSCache
 from asynccache.backends.s3 import S3Cache
-from tests.servers import blob_servers
-from tests.servers.processes import ManagedProcess, ServiceUnavailable
 from tests.helpers import CacheTracker
 from tests.plugins.services import service_unavailable
+from tests.servers import blob_servers
+from tests.servers.processes import ManagedProcess, ServiceUnavailable
 
 CONTRACT_BACKENDS = {"s3": "s3_cache_factory", "gcs": "gcs_cache_factory",
                      "azure_blob": "azure_blob_cache_factory"}

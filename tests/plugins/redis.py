@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from asynccache import Cache
-from tests.servers.processes import ServiceUnavailable, start_valkey_cluster
 from tests.helpers import CacheTracker, unique
 from tests.plugins.services import service_unavailable
+from tests.servers.processes import ServiceUnavailable, start_valkey_cluster
 
 CONTRACT_BACKENDS = {"redis": "redis_cache_factory", "redis_cluster": "redis_cluster_cache_factory"}
 

@@ -42,10 +42,12 @@ def _workdir(name: str) -> Path:
 
 # -- S3: moto ---------------------------------------------------------------------------
 
-def start_moto(*, auth: bool = False, port: int | None = None) -> ManagedProcess:
+def start_moto(*, auth: bool = False, port: int | None = None,
+               tls: tuple[Path, Path] | None = None) -> ManagedProcess:
     """moto's S3 server in its own process (so a test can kill it mid-batch).
 
-    ``auth=True`` makes moto check credentials (unknown keys get ``InvalidAccessKeyId``).
+    ``auth=True`` makes moto check credentials (unknown keys get ``InvalidAccessKeyId``);
+    ``tls=(certificate, key)`` serves HTTPS only, with that certificate.
     """
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
         "moto_server")
@@ -53,8 +55,10 @@ def start_moto(*, auth: bool = False, port: int | None = None) -> ManagedProcess
         raise ServiceUnavailable("moto_server is not installed: pip install 'moto[s3,server]'")
     port = port or free_port()
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else None
-    return ManagedProcess("moto", [moto, "-H", HOST, "-p", str(port)], port,
-                          _workdir("moto"), env=env).start()
+    command = [moto, "-H", HOST, "-p", str(port)]
+    if tls is not None:
+        command += ["--ssl-cert", str(tls[0]), "--ssl-key", str(tls[1])]
+    return ManagedProcess("moto", command, port, _workdir("moto"), env=env).start()
 
 
 def moto_settings(server: ManagedProcess, bucket: str) -> dict[str, Any]:
@@ -94,13 +98,18 @@ def fake_gcs_binary() -> Path:
     return path
 
 
-def start_fake_gcs(*, port: int | None = None) -> ManagedProcess:
-    """fake-gcs-server over plain HTTP on 127.0.0.1, in memory."""
+def start_fake_gcs(*, port: int | None = None,
+                   tls: tuple[Path, Path] | None = None) -> ManagedProcess:
+    """fake-gcs-server on 127.0.0.1, in memory: plain HTTP, or HTTPS with
+    ``tls=(certificate, key)``."""
     port = port or free_port()
-    url = f"http://{HOST}:{port}"
-    command = [str(fake_gcs_binary()), "-scheme", "http", "-host", HOST, "-port", str(port),
+    scheme = "http" if tls is None else "https"
+    url = f"{scheme}://{HOST}:{port}"
+    command = [str(fake_gcs_binary()), "-scheme", scheme, "-host", HOST, "-port", str(port),
                "-backend", "memory", "-external-url", url, "-public-host", f"{HOST}:{port}",
                "-log-level", "error"]
+    if tls is not None:
+        command += ["-cert-location", str(tls[0]), "-private-key-location", str(tls[1])]
     return ManagedProcess("fake-gcs-server", command, port, _workdir("gcs")).start()
 
 
@@ -156,22 +165,27 @@ def azurite_binary(install: bool = True) -> Path:
     return script
 
 
-def start_azurite(*, port: int | None = None) -> ManagedProcess:
-    """Azurite's blob service on 127.0.0.1, in memory, telemetry off."""
+def start_azurite(*, port: int | None = None,
+                  tls: tuple[Path, Path] | None = None) -> ManagedProcess:
+    """Azurite's blob service on 127.0.0.1, in memory, telemetry off (HTTPS with
+    ``tls=(certificate, key)``)."""
     script = azurite_binary()
     port = port or free_port()
     workdir = _workdir("azurite")
     command = [str(script), "--blobHost", HOST, "--blobPort", str(port),
                "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
                "--silent"]
+    if tls is not None:
+        command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     return ManagedProcess("azurite", command, port, workdir).start(ready_timeout=30.0)
 
 
-def azurite_connection_string(server: ManagedProcess, key: str = AZURITE_KEY) -> str:
+def azurite_connection_string(server: ManagedProcess, key: str = AZURITE_KEY,
+                              scheme: str = "http") -> str:
     """Connection string for Azurite's development account (``key`` to test bad keys)."""
     return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
-        f"BlobEndpoint=http://{HOST}:{server.port}/{AZURITE_ACCOUNT};"
+        f"DefaultEndpointsProtocol={scheme};AccountName={AZURITE_ACCOUNT};AccountKey={key};"
+        f"BlobEndpoint={scheme}://{HOST}:{server.port}/{AZURITE_ACCOUNT};"
     )
 
 
