@@ -293,7 +293,7 @@ class PageRun:
 
     def close(self) -> None:
         """Close the caches the page left open, then the page's loop."""
-        from asynccache.base import BaseCache
+        from asynccache import BaseCache
 
         for value in list(self.module.__dict__.values()):
             if isinstance(value, BaseCache):
