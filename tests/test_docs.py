@@ -176,9 +176,14 @@ def parse_page(page: Path, text: str | None = None) -> list[Block]:
 
 
 def shell_commands(block: Block) -> list[tuple[int, str]]:
-    """(line, command) for each ``asynccache ...`` command of a shell block."""
+    """(line, command) for each ``asynccache ...`` command of a shell block.
+
+    In a console transcript (a block with ``$ `` prompts) only prompted lines are
+    commands: the rest is output, which may well start with "asynccache".
+    """
     commands: list[tuple[int, str]] = []
     lines = block.source.splitlines()
+    prompted = any(line.lstrip().startswith("$ ") for line in lines)
     index = 0
     while index < len(lines):
         start = index
@@ -189,6 +194,8 @@ def shell_commands(block: Block) -> list[tuple[int, str]]:
         index += 1
         if text.startswith("$ "):
             text = text[2:].lstrip()
+        elif prompted:
+            continue
         if text.startswith("asynccache "):
             commands.append((block.line + start, text))
     return commands
@@ -386,6 +393,11 @@ def test_blocks_keep_their_lines_markers_and_order() -> None:
     assert blocks[1].needs == ("redis", "s3")
     assert blocks[2].skip_reason == "needs a key"
     assert shell_commands(blocks[2]) == [(21, "asynccache ping  --type redis")]
+
+
+def test_console_output_lines_are_not_commands() -> None:
+    (block,) = _parse("```console\n$ asynccache demo\nasynccache demo: simulated...\n```\n")
+    assert shell_commands(block) == [(2, "asynccache demo")]
 
 
 def test_markers_quoted_in_code_spans_are_text() -> None:
