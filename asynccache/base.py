@@ -122,7 +122,10 @@ class SimilaritySearch(Protocol):
     """Extra primitives of semantic backends (Redis vector search, Qdrant).
 
     ``request`` is the LLM call's keyword arguments (model, messages, ...). The backend
-    decides what is embedded and what becomes an exact-match filter.
+    decides what is embedded and what becomes an exact-match filter. A store may also
+    offer ``query_text(request) -> str | None`` (the text it embeds), which the facade
+    hands to the semantic guard with the matched prompt; without it the last user
+    message is used.
     """
 
     async def search_similar(

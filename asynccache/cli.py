@@ -1,4 +1,4 @@
-"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect.
+"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect, calibrate.
 
 Caches are configured like :class:`~asynccache.Cache`: ``--type`` (default
 ``$ASYNCCACHE_TYPE`` or ``local``), ``--namespace`` (default ``$ASYNCCACHE_NAMESPACE``)
@@ -247,6 +247,30 @@ def find_benchmarks(start: Path | None = None, explicit: str | None = None,
     return None
 
 
+def _thresholds(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.8,0.85,0.9, got {text!r}"
+        ) from None
+
+
+async def _cmd_calibrate(args: argparse.Namespace, out: IO[str]) -> int:
+    from .semantic.calibrate import async_calibrate
+
+    report = await async_calibrate(
+        args.pairs, embedding=args.embedding, embed_what=args.embed_what,
+        semantic_guard=not args.no_guard, target_precision=args.target_precision,
+        thresholds=args.thresholds, split=args.split, kinds=args.kind,
+    )
+    if args.json:
+        out.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    else:
+        out.write(report.format() + "\n")
+    return EXIT_OK if report.recommended is not None else EXIT_NEGATIVE
+
+
 def _cmd_bench(argv: Sequence[str], out: IO[str], err: IO[str]) -> int:
     explicit = None
     rest = list(argv)
@@ -315,6 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--full", action="store_true", help="print the whole value")
     inspect.add_argument("--max-chars", type=int, default=2000,
                          help="truncate the printed value (2000)")
+
+    calibrate = commands.add_parser(
+        "calibrate", help="precision and recall per similarity threshold on labelled pairs",
+        description="Score labelled pairs (JSON or JSON Lines: a, b, same) as a semantic "
+                    "cache would, guard included, and recommend a similarity_threshold. "
+                    "Exit 0 with a recommendation, 1 when no threshold reaches the target.",
+    )
+    calibrate.add_argument("pairs", help="file of labelled pairs (JSON or JSON Lines)")
+    calibrate.add_argument("--target-precision", type=float, default=0.99,
+                           help="precision the recommended threshold must reach (0.99)")
+    calibrate.add_argument("--embedding", default="local",
+                           help="'local' (default) or an embedding model name")
+    calibrate.add_argument("--embed-what", default="last_user_message",
+                           help="which text is embedded, as the cache setting")
+    calibrate.add_argument("--no-guard", action="store_true",
+                           help="score the embedding alone, without the semantic guard")
+    calibrate.add_argument("--split", choices=["dev", "test"],
+                           help="use only the pairs of this split")
+    calibrate.add_argument("--kind", action="append", default=None,
+                           help="use only pairs of this kind (repeatable)")
+    calibrate.add_argument("--thresholds", type=_thresholds, default=None,
+                           help="comma-separated thresholds (default 0.50 to 0.99 by 0.01)")
+    calibrate.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -345,6 +392,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None,
             return asyncio.run(_cmd_clear(args, out, err, inp))
         if args.command == "inspect":
             return asyncio.run(_cmd_inspect(args, out, err))
+        if args.command == "calibrate":
+            return asyncio.run(_cmd_calibrate(args, out))
     except (CacheError, ValueError, TypeError) as exc:
         err.write(f"asynccache {args.command}: error: {exc}\n")
         return EXIT_USAGE

@@ -10,8 +10,10 @@ from typing import Any
 from .base import BaseCache, CacheHit, SimilaritySearch, WriteItem
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import ConfigurationError
-from .keys import EXCLUDED_PARAMS, namespace_prefix, request_key
+from .keys import EXCLUDED_PARAMS, group_model, namespace_prefix, request_key
 from .registry import canonical_type, create_backend
+from .semantic.base import EmbedWhat, split_request
+from .semantic.guard import Judge, SemanticGuard, SemanticVerifier, parse_guard, parse_judge
 
 #: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
 DEFAULT_CALL_TYPES: tuple[str, ...] = (
@@ -51,6 +53,15 @@ class Cache(BaseCache):
     * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
     * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs).
 
+    Semantic types verify every candidate the vector search finds before serving it
+    (see :mod:`asynccache.semantic.guard`):
+
+    * ``semantic_guard``: ``True`` (default: every check), ``False``, a list of check
+      names, or a :class:`~asynccache.semantic.guard.SemanticGuard`;
+    * ``semantic_judge``: an optional second opinion, ``judge(query, candidate,
+      similarity) -> bool`` (async or not), asked after the guard accepts;
+      ``semantic_judge_timeout`` (seconds, default 10) bounds it.
+
     >>> cache = Cache()
     >>> key = cache.get_cache_key(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     >>> cache.set_cache(key, {"choices": [{"message": {"content": "hello"}}]}, ttl=60)
@@ -68,6 +79,9 @@ class Cache(BaseCache):
         caching_groups: Sequence[Iterable[str]] | None = None,
         key_function: Callable[..., str] | None = None,
         excluded_params: Iterable[str] | None = None,
+        semantic_guard: bool | Iterable[str] | SemanticGuard = True,
+        semantic_judge: Judge | None = None,
+        semantic_judge_timeout: float | None = 10.0,
         **settings: Any,
     ) -> None:
         self.type = canonical_type(type)
@@ -84,6 +98,10 @@ class Cache(BaseCache):
         self.key_function = key_function
         self.excluded_params = (
             EXCLUDED_PARAMS if excluded_params is None else frozenset(excluded_params)
+        )
+        #: The verification stage after the vector search (guard, optional judge, counters).
+        self.semantic_verifier = SemanticVerifier(
+            parse_guard(semantic_guard), parse_judge(semantic_judge), semantic_judge_timeout
         )
         common, backend_settings = _split_settings(settings)
         self._settings = dict(settings)
@@ -125,22 +143,36 @@ class Cache(BaseCache):
             return hit
         ns = self._namespace(namespace)
         backend = self.backend
+        request = self._similarity_request(call_kwargs)
         found = await self._guard.call(
             "search_similar",
             lambda: backend.search_similar(
-                call_kwargs, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
+                request, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
             ),
             None,
         )
         if found is None:
             return None
         data, similarity, matched_prompt = found
+        # Every semantic store answers through here, so every one is verified the same way.
+        query = _query_text(backend, request)
+        if query is None or await self.semantic_verifier.verify(
+            query, matched_prompt, similarity
+        ) is not None:
+            return None
         semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
                                     self.clock())
         if semantic_hit is None:
             return None
         return dataclasses.replace(semantic_hit, similarity=similarity,
                                    matched_prompt=matched_prompt)
+
+    def _similarity_request(self, call_kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The request as the similarity side sees it: grouped models under one name, so
+        they share semantic entries as they share exact ones."""
+        model = call_kwargs.get("model")
+        grouped = group_model(model, self.caching_groups)
+        return call_kwargs if grouped == model else {**call_kwargs, "model": grouped}
 
     async def async_store(
         self, call_kwargs: Mapping[str, Any], value: Any, *,
@@ -161,13 +193,27 @@ class Cache(BaseCache):
         if not isinstance(self.backend, SimilaritySearch):
             return (await self._write([item], ns))[0]
         backend = self.backend
+        request = self._similarity_request(call_kwargs)
         ok = await self._guard.call(
             "index_similar",
-            lambda: _index(backend, call_kwargs, item, namespace_prefix(ns)),
+            lambda: _index(backend, request, item, namespace_prefix(ns)),
             False,
         )
         self._stats.add("sets" if ok else "set_failures", namespace=ns)
         return ok
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as :meth:`BaseCache.stats`; semantic types add ``semantic``: candidates
+        the vector search found, how many were served, and rejections by reason."""
+        stats = super().stats()
+        if isinstance(self.backend, SimilaritySearch):
+            stats["semantic"] = self.semantic_verifier.snapshot()
+        return stats
+
+    def reset_stats(self) -> None:
+        """Set every counter (semantic verification included) back to zero."""
+        super().reset_stats()
+        self.semantic_verifier.reset()
 
     def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
         """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
@@ -192,6 +238,15 @@ class Cache(BaseCache):
             else:
                 shown[name] = value
         return shown
+
+
+def _query_text(backend: Any, request: Mapping[str, Any]) -> str | None:
+    """The text of ``request`` the store embedded (``backend.query_text`` when it has one)."""
+    text_of = getattr(backend, "query_text", None)
+    if callable(text_of):
+        text: str | None = text_of(request)
+        return text
+    return split_request(request, EmbedWhat.last_user_message)[0]
 
 
 async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,

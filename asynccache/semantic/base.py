@@ -243,6 +243,11 @@ class SemanticBackend(Backend):
 
     semantic: SemanticSettings
 
+    def query_text(self, request: Mapping[str, Any]) -> str | None:
+        """The text of ``request`` this store embeds (what the semantic guard compares with
+        the candidate's stored prompt), or ``None`` if it has none."""
+        return split_request(request, self.semantic.embed_what)[0]
+
     async def _embed_query(
         self, request: Mapping[str, Any], prefix: str, threshold: float | None
     ) -> tuple[float, str, Any] | None:
