@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 # stays fast and works without the extras.
 _LAZY = {
     "DiskCache": "asynccache.backends.disk",
+    "MemcachedCache": "asynccache.backends.memcached",
     "RedisCache": "asynccache.backends.redis",
     "RedisClusterCache": "asynccache.backends.redis_cluster",
     "S3Cache": "asynccache.backends.s3",
@@ -47,6 +48,7 @@ _LAZY = {
     "AzureBlobCache": "asynccache.backends.azure_blob",
     "RedisSemanticCache": "asynccache.semantic.redis",
     "QdrantSemanticCache": "asynccache.semantic.qdrant",
+    "LocalSemanticCache": "asynccache.semantic.embedded",
     "cached": "asynccache.integrations.wrappers",
     "cached_sync": "asynccache.integrations.wrappers",
 }
@@ -81,6 +83,8 @@ __all__ = [
     "DualCache",
     "GCSCache",
     "ItemTooLargeError",
+    "LocalSemanticCache",
+    "MemcachedCache",
     "MemoryCache",
     "MissingExtraError",
     "QdrantSemanticCache",

@@ -29,7 +29,7 @@ from .exceptions import (
     ItemTooLargeError,
 )
 from .flush import FlushQueue
-from .guard import CircuitBreaker, GuardedBackend
+from .guard import CircuitBreaker, GuardedBackend, sync_primitive
 from .keys import namespace_prefix, validate_key
 from .lifecycle import install_sigterm_drain
 from .protection import DEFAULT_COMPRESSION_MIN_SIZE, ValueProtection
@@ -63,6 +63,13 @@ class Backend(abc.ABC):
 
     #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
     clock: Callable[[], float] = staticmethod(time.time)
+    #: Largest encoded entry the store itself accepts (``None``: no limit of its own).
+    #: A cache's ``max_item_size`` never exceeds it.
+    max_item_size: int | None = None
+
+    def item_limit_message(self) -> str:
+        """Where :attr:`max_item_size` comes from, for ``ItemTooLargeError`` messages."""
+        return ""
 
     @abc.abstractmethod
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -277,6 +284,10 @@ class BaseCache:
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self._protection = ValueProtection(encryption_keys, compression, compression_min_size)
+        self._item_limit_note = ""
+        if backend.max_item_size is not None and backend.max_item_size < max_item_size:
+            max_item_size = backend.max_item_size
+            self._item_limit_note = f" ({backend.item_limit_message()})"
         self.backend = backend
         self.namespace = namespace
         self.default_ttl = validate_ttl(ttl, "ttl")
@@ -303,6 +314,14 @@ class BaseCache:
             install_sigterm_drain()
         self._closed = False
         self._sync_inline = backend.loop_free and self._queue is None and self._coalescer is None
+        # In-process backends with nothing in front of them take the lean path: their
+        # primitives run to completion in the caller (no task, no timeout machinery).
+        self._lean = self._sync_inline
+        if self._lean:
+            self._get_now = sync_primitive(backend, "get_many")
+            self._get_one_now = sync_primitive(backend, "get_one")
+            self._set_one_now = sync_primitive(backend, "set_one")
+            self._set_now = sync_primitive(backend, "set_many")
 
     # -- naming -------------------------------------------------------------------------
 
@@ -333,6 +352,8 @@ class BaseCache:
                 return queued[1]
         if self._coalescer is not None:
             return await self._coalescer.get(stored)
+        if self._lean:
+            return self._guard.run_now("get", self._get_one_now, stored, None)[1]
         return (await self._guard.get_many([stored]))[0]
 
     async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
@@ -354,7 +375,16 @@ class BaseCache:
         step = self.backend.max_batch
         results: list[bytes | None] = []
         for start in range(0, len(keys), step):
-            results.extend(await self._guard.get_many(keys[start : start + step]))
+            chunk = keys[start : start + step]
+            if self._lean:
+                ok, got = self._guard.run_now("get", self._get_now, chunk, None,
+                                              len(chunk))
+                results.extend(got if ok and got is not None and len(got) == len(chunk)
+                               else [None] * len(chunk))
+            else:
+                results.extend(await self._guard.get_many(chunk))
+        if len(missing) == len(stored):
+            return results
         for index, data in zip(missing, results, strict=True):
             found[index] = data
         return found
@@ -390,8 +420,76 @@ class BaseCache:
                 hits += 1
                 size += len(data)
                 entries.append(entry)
-        self._stats.record_reads(hits, len(entries) - hits, size, corrupt, expired, namespace)
+        self._count_reads(namespace, hits, len(entries) - hits, size, corrupt, expired)
         return entries
+
+    def _count_reads(self, namespace: str | None, hits: int, misses: int, size: int,
+                     corrupt: int, expired: int) -> None:
+        tally = self._stats.tally(namespace)
+        tally.hits += hits
+        tally.misses += misses
+        tally.bytes_read += size
+        if corrupt:
+            tally.corrupt_entries += corrupt
+        if expired:
+            tally.expired += expired
+
+    def _decode_values(self, found: Sequence[bytes | None], namespace: str | None,
+                       max_age: float | None) -> list[Any]:
+        """Like :meth:`_decode_many` for callers that want values only (no Entry built)."""
+        values: list[Any] = []
+        append = values.append
+        hits = corrupt = expired = size = 0
+        now = self.clock()
+        decode_live, protection = envelope.decode_live, self._protection
+        expired_mark, too_old = envelope.EXPIRED, envelope.TOO_OLD
+        for data in found:
+            if data is None:
+                append(None)
+                continue
+            try:
+                value = decode_live(data, now, max_age, protection)
+            except envelope.CorruptEntry:
+                corrupt += 1
+                append(None)
+                continue
+            if value is expired_mark:
+                expired += 1
+                append(None)
+            elif value is too_old:
+                append(None)
+            else:
+                hits += 1
+                size += len(data)
+                append(value)
+        self._count_reads(namespace, hits, len(values) - hits, size, corrupt, expired)
+        return values
+
+    def _value_now(self, key: str, namespace: str | NotGiven | None,
+                   max_age: float | None) -> Any:
+        # The whole get of a lean (in-process) cache, without a single await.
+        if self._closed:
+            self._check_open()
+        ns = self.namespace if namespace is NOT_GIVEN else namespace
+        data = self._guard.run_now("get", self._get_one_now, self._stored_key(key, ns), None)[1]
+        tally = self._stats.tally(ns)
+        if data is None:
+            tally.misses += 1
+            return None
+        try:
+            value = envelope.decode_live(data, self.clock(), max_age, self._protection)
+        except envelope.CorruptEntry:
+            tally.misses += 1
+            tally.corrupt_entries += 1
+            return None
+        if value is envelope.EXPIRED or value is envelope.TOO_OLD:
+            tally.misses += 1
+            if value is envelope.EXPIRED:
+                tally.expired += 1
+            return None
+        tally.hits += 1
+        tally.bytes_read += len(data)
+        return value
 
     def _to_hit(self, stored_key: str, data: bytes | None, namespace: str | None,
                 max_age: float | None, now: float) -> CacheHit | None:
@@ -419,11 +517,12 @@ class BaseCache:
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
                          max_age: float | None) -> Any:
         # The hot path of async_get_cache: no CacheHit is built for a plain value.
+        if self._lean:
+            return self._value_now(key, namespace, max_age)
         self._check_open()
         ns = self._namespace(namespace)
         data = await self._read_one(self._stored_key(key, ns))
-        entry = self._decode_many((data,), ns, max_age, self.clock())[0]
-        return None if entry is None else entry.value
+        return self._decode_values((data,), ns, max_age)[0]
 
     async def async_get_cache(
         self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
@@ -457,9 +556,9 @@ class BaseCache:
         """One value (or ``None``) per key, order kept, in one batch read (one ``MGET``)."""
         self._check_open()
         ns = self._namespace(namespace)
-        found = await self._read_many([self._stored_key(key, ns) for key in keys])
-        entries = self._decode_many(found, ns, max_age, self.clock())
-        return [None if entry is None else entry.value for entry in entries]
+        stored_key = self._stored_key
+        found = await self._read_many([stored_key(key, ns) for key in keys])
+        return self._decode_values(found, ns, max_age)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -472,12 +571,14 @@ class BaseCache:
         if len(data) > self.max_item_size:
             raise ItemTooLargeError(
                 f"value for key {key[:200]!r} is {len(data)} bytes encoded, over "
-                f"max_item_size={self.max_item_size}"
+                f"max_item_size={self.max_item_size}{self._item_limit_note}"
             )
         return stored, data, seconds
 
     async def _write(self, items: Sequence[WriteItem], namespace: str | None) -> list[bool]:
-        self._stats.add("bytes_written", sum(len(item[1]) for item in items))
+        if self._lean:
+            return self._write_now(items, namespace)
+        written = sum(len(item[1]) for item in items)
         if self._queue is not None:
             results = await self._queue.put_many(items)
         else:
@@ -485,11 +586,43 @@ class BaseCache:
             step = self.backend.max_batch
             for start in range(0, len(items), step):
                 results.extend(await self._guard.set_many(items[start : start + step]))
-        stored = sum(results)
-        self._stats.add("sets", stored, namespace=namespace)
-        if stored < len(results):
-            self._stats.add("set_failures", len(results) - stored)
+        self._count_writes(namespace, results, written)
         return results
+
+    def _write_now(self, items: Sequence[WriteItem], namespace: str | None) -> list[bool]:
+        # The lean path of in-process backends: the primitive runs in the caller.
+        if len(items) == 1:
+            item = items[0]
+            ok, stored = self._guard.run_now("set", self._set_one_now, item, False)
+            tally = self._stats.tally(namespace)
+            tally.bytes_written += len(item[1])
+            if ok and stored:
+                tally.sets += 1
+                return [True]
+            tally.set_failures += 1
+            return [False]
+        step = self.backend.max_batch
+        results: list[bool] = []
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step] if len(items) > step else items
+            ok, outcome = self._guard.run_now("set", self._set_now, chunk, None,
+                                              len(chunk))
+            if not ok:
+                results.extend([False] * len(chunk))
+            elif outcome is None:
+                results.extend([True] * len(chunk))
+            else:
+                results.extend(outcome)
+        self._count_writes(namespace, results, sum(len(item[1]) for item in items))
+        return results
+
+    def _count_writes(self, namespace: str | None, results: list[bool], written: int) -> None:
+        stored = sum(results)
+        tally = self._stats.tally(namespace)
+        tally.bytes_written += written
+        tally.sets += stored
+        if stored < len(results):
+            tally.set_failures += len(results) - stored
 
     async def async_set_cache(
         self, key: str, value: Any, *, ttl: float | NotGiven | None = NOT_GIVEN,

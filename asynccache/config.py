@@ -80,3 +80,29 @@ def env_settings(prefix: str, names: Mapping[str, type], environ: Mapping[str, s
                 f"is not a valid {kind.__name__}"
             ) from exc
     return found
+
+
+def positive_setting(name: str, value: Any, kind: type = float, allow_none: bool = False) -> Any:
+    """Return ``value`` if it is a positive number of ``kind``; raise naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
+        kind is int and not isinstance(value, int)
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive {kind.__name__}{' or None' if allow_none else ''}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def split_backend_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate a backend's connection settings from the settings every cache shares."""
+    import inspect
+
+    from .base import BaseCache  # base imports this module
+
+    common_names = set(inspect.signature(BaseCache.__init__).parameters) - {"self", "backend"}
+    common = {k: v for k, v in settings.items() if k in common_names}
+    backend = {k: v for k, v in settings.items() if k not in common_names}
+    return common, backend

@@ -41,6 +41,9 @@ HEADER_SIZE = _HEADER.size
 _HAS_EXPIRY = 1
 _IS_BYTES = 2
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
+_pack_header = _HEADER.pack
+_isfinite = math.isfinite
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,37 +71,57 @@ class CorruptEntry(ValueError):
 def _find_non_finite(value: Any) -> bool:
     """Whether ``value`` holds a NaN or an infinity anywhere (iterative, no recursion).
 
-    Exact-type checks first: strings and ints, most of a completion, cost one
-    comparison each.
+    Containers are walked child by child with exact-type checks, so the strings, ints
+    and ``None`` that make up most of a completion cost one comparison each and are
+    never pushed on the stack.
     """
     stack = [value]
-    pop, extend = stack.pop, stack.extend
+    pop, push = stack.pop, stack.append
     while stack:
         item = pop()
         kind = type(item)
-        if kind is str or kind is int or kind is bool or item is None:
-            continue
         if kind is dict:
-            extend(item.values())
+            children: Any = item.values()
         elif kind is list or kind is tuple:
-            extend(item)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
+            children = item
+        else:
+            if _leaf_is_non_finite(item, push):
                 return True
-        elif isinstance(item, dict):
-            extend(item.values())
-        elif isinstance(item, list | tuple):
-            extend(item)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            extend(getattr(item, field.name) for field in dataclasses.fields(item))
-        elif isinstance(item, enum.Enum):
-            extend((item.value,))
-        elif getattr(getattr(item, "dtype", None), "kind", None) in ("f", "c"):
-            # numpy arrays and scalars: orjson writes their NaN/Infinity as null too.
-            import numpy
+            continue
+        for child in children:
+            kind = type(child)
+            if kind is str or kind is int or child is None or kind is bool:
+                continue
+            if kind is float:
+                if not _isfinite(child):
+                    return True
+            else:
+                push(child)
+    return False
 
-            if not numpy.isfinite(item).all():
-                return True
+
+def _leaf_is_non_finite(item: Any, push: Any) -> bool:
+    """Check one non-container item; push what it holds (dataclass fields, enum values)."""
+    if isinstance(item, str | int) or item is None:
+        return False
+    if isinstance(item, float):
+        return not _isfinite(item)
+    if isinstance(item, dict):
+        for child in item.values():
+            push(child)
+    elif isinstance(item, list | tuple):
+        for child in item:
+            push(child)
+    elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+        for field in dataclasses.fields(item):
+            push(getattr(item, field.name))
+    elif isinstance(item, enum.Enum):
+        push(item.value)
+    elif getattr(getattr(item, "dtype", None), "kind", None) in ("f", "c"):
+        # numpy arrays and scalars: orjson writes their NaN/Infinity as null too.
+        import numpy
+
+        return not bool(numpy.isfinite(item).all())
     return False
 
 
@@ -109,12 +132,12 @@ def encode(value: Any, created_at: float, expires_at: float | None, key: str = "
     ``protection`` compresses and/or encrypts the payload (see :mod:`asynccache.protection`).
     """
     flags = 0 if expires_at is None else _HAS_EXPIRY
-    if isinstance(value, bytes | bytearray | memoryview):
+    if type(value) is not dict and isinstance(value, bytes | bytearray | memoryview):
         payload = bytes(value)
         flags |= _IS_BYTES
     else:
         try:
-            payload = orjson.dumps(value, option=_DUMP_OPTIONS)
+            payload = _dumps(value, option=_DUMP_OPTIONS)
         except (orjson.JSONEncodeError, TypeError) as exc:
             raise SerializationError(
                 f"cannot cache the value for key {key[:200]!r}: {exc} "
@@ -133,8 +156,7 @@ def encode(value: Any, created_at: float, expires_at: float | None, key: str = "
         flags, payload = protection.seal(
             _SEALED_FIELDS.pack(MAGIC, FORMAT_VERSION, created_at, stored_expiry), flags, payload
         )
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at, stored_expiry)
-    return header + payload
+    return _pack_header(MAGIC, FORMAT_VERSION, flags, created_at, stored_expiry) + payload
 
 
 def decode(data: bytes | bytearray | memoryview,
@@ -181,6 +203,67 @@ def decode(data: bytes | bytearray | memoryview,
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return Entry(raw, None, None)
     raise CorruptEntry("not an asynccache entry (no header)")
+
+
+class _Miss:
+    """Why :func:`decode_live` found no live value (a sentinel, never a stored value)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<{self.reason}>"
+
+
+#: :func:`decode_live` results for an entry past its expiry, and one older than max-age.
+EXPIRED = _Miss("expired")
+TOO_OLD = _Miss("too old")
+_unpack_header = _HEADER.unpack_from
+_KNOWN_FLAGS = _HAS_EXPIRY | _IS_BYTES | _PROTECTION_FLAGS
+_loads = orjson.loads
+
+
+def decode_live(data: bytes, now: float, max_age: float | None = None,
+                protection: ValueProtection = PLAIN) -> Any:
+    """The value of a live entry, :data:`EXPIRED` or :data:`TOO_OLD`; raise :class:`CorruptEntry`.
+
+    The read hot path: the header is unpacked in place, no :class:`Entry` is built, the
+    expiry is checked before the payload is touched, and the payload is parsed from one
+    exact-size slice (orjson parses a memoryview about 2x slower than the 0.1 us copy
+    costs). ``protection`` as in :func:`decode`.
+    """
+    if len(data) >= HEADER_SIZE:
+        magic, version, flags, created_at, expires_at = _unpack_header(data)
+        if magic == MAGIC:
+            if version != FORMAT_VERSION or flags & ~_KNOWN_FLAGS:
+                raise CorruptEntry(f"unknown entry format version {version} / flags {flags}")
+            if not (_isfinite(created_at) and _isfinite(expires_at)):
+                raise CorruptEntry("entry timestamps are malformed")
+            if flags & _HAS_EXPIRY and now >= expires_at:
+                return EXPIRED
+            if max_age is not None and now - created_at > max_age:
+                return TOO_OLD
+            body = data[HEADER_SIZE:]
+            if flags & _PROTECTION_FLAGS or protection.encrypts:
+                try:
+                    body = protection.open(
+                        _SEALED_FIELDS.pack(MAGIC, version, created_at, expires_at), flags,
+                        bytes(body),
+                    )
+                except Unreadable as exc:
+                    raise CorruptEntry(str(exc)) from exc
+            if flags & _IS_BYTES:
+                return bytes(body)
+            try:
+                return _loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise CorruptEntry(f"entry payload is not JSON: {exc}") from exc
+    elif data[:3] == MAGIC:
+        raise CorruptEntry("entry header is truncated")
+    # A bare counter (no timestamps), or not an entry at all.
+    return decode(data, protection).value
 
 
 def peek_expires_at(data: bytes) -> float | None:

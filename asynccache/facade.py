@@ -40,10 +40,11 @@ class Cache(BaseCache):
     """The cache users create: pick a backend by ``type`` and pass its settings.
 
     ``Cache()`` is the embedded in-memory default. Other types: ``"disk"``, ``"redis"``
-    (``redis_startup_nodes=`` for a cluster), ``"s3"``, ``"gcs"``, ``"azure_blob"``,
-    ``"redis-semantic"``, ``"qdrant-semantic"``. Settings shared by all backends
-    (``namespace``, ``ttl``, ``flush_size``...) are those of :class:`BaseCache`; the rest go
-    to the backend, and a setting no one knows raises naming it.
+    (``redis_startup_nodes=`` for a cluster), ``"memcached"`` (``servers=[...]``), ``"s3"``,
+    ``"gcs"``, ``"azure_blob"``, ``"redis-semantic"``, ``"qdrant-semantic"``,
+    ``"local-semantic"``. Settings shared by all backends (``namespace``, ``ttl``,
+    ``flush_size``...) are those of :class:`BaseCache`; the rest go to the backend, and a
+    setting no one knows raises naming it.
 
     LLM-call settings:
 

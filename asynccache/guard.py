@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .stats import CacheStats
+from .stats import SAMPLE_EVERY, CacheStats
 
 if TYPE_CHECKING:
     from .base import Backend, WriteItem
@@ -114,6 +114,63 @@ def _safe_message(exc: BaseException) -> str:
     return redact(str(exc))[:500]
 
 
+def sync_primitive(backend: Backend, name: str) -> Callable[[Any], Any]:
+    """A synchronous form of a loop-free backend's primitive ``name`` (``get_many``...).
+
+    A backend may offer one itself as ``<name>_now``; ``get_one`` (one key in, its bytes
+    or ``None`` out) and ``set_one`` (one item in, whether it was stored out) may be
+    offered the same way. Otherwise, or when the async primitive was replaced (a
+    subclass overriding it alone, a wrapper set on the instance), the coroutine is
+    driven to its end in the caller, which a loop-free backend (one that never awaits
+    the loop) allows; one that does wait breaks that promise and raises ``RuntimeError``.
+    """
+    many = {"get_one": "get_many", "set_one": "set_many"}.get(name, name)
+    method_name = many
+    drive = _driver(backend, many)
+    if name == "get_one":
+        read = drive
+        drive = lambda key: read((key,))[0]  # noqa: E731
+    elif name == "set_one":
+        write = drive
+        drive = lambda item: (write((item,)) or (True,))[0]  # noqa: E731
+    own = getattr(backend, name + "_now", None)
+    if own is None or not _same_owner(type(backend), name + "_now", many):
+        return drive
+    patched = getattr(backend, "__dict__", {})
+
+    def call(argument: Any) -> Any:
+        if method_name in patched:  # replaced on the instance after construction
+            return drive(argument)
+        return own(argument)
+
+    return call
+
+
+def _driver(backend: Backend, name: str) -> Callable[[Any], Any]:
+    def drive(argument: Any) -> Any:
+        step = getattr(backend, name)(argument)
+        try:
+            step.send(None)
+        except StopIteration as done:
+            return done.value
+        step.close()
+        raise RuntimeError(f"{backend.name} backend is loop_free but its {name} awaited")
+
+    return drive
+
+
+def _same_owner(cls: type, fast: str, primitive: str) -> bool:
+    """Whether ``fast`` and ``primitive`` come from the same class of ``cls``'s MRO.
+
+    A subclass that overrides ``get_many`` alone must not be bypassed by its parent's
+    ``get_many_now``.
+    """
+    def owner(attribute: str) -> type | None:
+        return next((k for k in cls.__mro__ if attribute in vars(k)), None)
+
+    return owner(fast) is owner(primitive)
+
+
 class GuardedBackend:
     """A backend behind timeouts, a circuit breaker and the fail-open error policy."""
 
@@ -124,6 +181,8 @@ class GuardedBackend:
         self.timeout = timeout if backend.remote else None
         self.breaker = breaker
         self.log = BurstLogger()
+        # run_now times the first call of each operation, then one in SAMPLE_EVERY.
+        self._countdowns: dict[str, int] = {}
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
                     skipped: int = 1) -> tuple[bool, T]:
@@ -148,6 +207,47 @@ class GuardedBackend:
         self.stats.observe(operation, time.perf_counter() - started)
         self.breaker.record_success()
         return True, result
+
+    def run_now(self, operation: str, primitive: Callable[[Any], T], argument: Any,
+                fallback: T, skipped: int = 1) -> tuple[bool, T]:
+        """Call a loop-free backend's synchronous primitive (:func:`sync_primitive`) now.
+
+        The lean path of in-process backends: no task, no timeout (nothing can hang), the
+        same fail-open policy and breaker as :meth:`_call`, and one call in
+        :data:`~asynccache.stats.SAMPLE_EVERY` timed.
+        """
+        breaker = self.breaker
+        if breaker.state is not CircuitState.closed and not breaker.allow():
+            self.stats.add("skipped_open_circuit", skipped)
+            return False, fallback
+        countdowns = self._countdowns
+        left = countdowns.get(operation, 1) - 1
+        countdowns[operation] = left
+        if left > 0:
+            try:
+                result = primitive(argument)
+            except Exception as exc:
+                self._failed(operation, exc, None)
+                return False, fallback
+        else:
+            countdowns[operation] = SAMPLE_EVERY
+            started = time.perf_counter()
+            try:
+                result = primitive(argument)
+            except Exception as exc:
+                self._failed(operation, exc, started)
+                return False, fallback
+            self.stats.observe(operation, time.perf_counter() - started)
+        if breaker.consecutive_failures:
+            breaker.record_success()
+        return True, result
+
+    def _failed(self, operation: str, exc: Exception, started: float | None) -> None:
+        if started is not None:
+            self.stats.observe(operation, time.perf_counter() - started)
+        self.stats.add("errors")
+        self.breaker.record_failure()
+        self.log.error(operation, self.backend.name, exc)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         empty: list[bytes | None] = []

@@ -132,6 +132,8 @@ KeyFunction = Callable[..., str]
 
 def validate_key(key: object) -> str:
     """Check a user-supplied key; raise ``ConfigurationError`` naming the problem."""
+    if type(key) is str and key.isascii() and key:
+        return key  # every hex digest and most keys: nothing to check further
     if not isinstance(key, str):
         raise ConfigurationError(f"cache key must be a str, got {type(key).__name__}: {key!r:.80}")
     if not key:
@@ -161,3 +163,27 @@ def encode_namespace(namespace: str) -> str:
 def namespace_prefix(namespace: str | None) -> str:
     """The stored-key prefix of a namespace (empty for no namespace)."""
     return "" if namespace is None else encode_namespace(namespace) + ":"
+
+
+def stored_key_prefix(stored_key: str) -> str:
+    """The namespace prefix a stored key starts with (``""`` when it has no namespace).
+
+    The inverse of how :class:`~asynccache.base.BaseCache` builds stored keys: an
+    encoded namespace never holds ``":"``, and a namespace-less key that holds one is
+    stored with a leading ``":"``, so the namespace is whatever comes before the first
+    ``":"`` when that is not the first character.
+
+    >>> stored_key_prefix("prod:abc"), stored_key_prefix(":a:b"), stored_key_prefix("abc")
+    ('prod:', '', '')
+    """
+    end = stored_key.find(":")
+    return stored_key[: end + 1] if end > 0 else ""
+
+
+def stored_key_prefixes(stored_keys: Iterable[str]) -> list[str]:
+    """:func:`stored_key_prefix` of every key of a batch (one call per batch, not per key)."""
+    prefixes = []
+    for stored_key in stored_keys:
+        end = stored_key.find(":")
+        prefixes.append(stored_key[: end + 1] if end > 0 else "")
+    return prefixes

@@ -29,6 +29,8 @@ _SPECS: dict[str, BackendSpec] = {
                          "Redis or Redis Cluster"),
     "redis-cluster": BackendSpec("asynccache.backends.redis_cluster:RedisClusterBackend",
                                  "redis", "Redis Cluster"),
+    "memcached": BackendSpec("asynccache.backends.memcached:MemcachedBackend", "memcached",
+                             "one or more memcached nodes"),
     "s3": BackendSpec("asynccache.backends.s3:S3Backend", "s3", "Amazon S3 or compatible"),
     "gcs": BackendSpec("asynccache.backends.gcs:GCSBackend", "gcs", "Google Cloud Storage"),
     "azure_blob": BackendSpec("asynccache.backends.azure_blob:AzureBlobBackend", "azure",
@@ -37,10 +39,13 @@ _SPECS: dict[str, BackendSpec] = {
                                   "semantic cache on Redis vector search"),
     "qdrant-semantic": BackendSpec("asynccache.semantic.qdrant:QdrantSemanticBackend", "qdrant",
                                    "semantic cache on Qdrant"),
+    "local-semantic": BackendSpec("asynccache.semantic.embedded:LocalSemanticBackend",
+                                  "local-semantic",
+                                  "semantic cache with no server: in-process index over disk"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic"}
 
 
 def cache_types() -> list[str]:

@@ -27,6 +27,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -59,8 +60,19 @@ def _answer(i: int) -> dict[str, Any]:
                          "message": {"role": "assistant", "content": "An answer. " * 150}}]}
 
 
+_FOLDERS: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _local_semantic(embedding: Any, threshold: float = 0.8, cache_size: int = 0) -> Cache:
+    folder = tempfile.TemporaryDirectory(prefix="asynccache-bench-semantic-")
+    _FOLDERS.append(folder)
+    return Cache(type="local-semantic", disk_cache_dir=folder.name, embedding=embedding,
+                 similarity_threshold=threshold, embedding_cache_size=cache_size)
+
+
 def _caches(redis_port: int, embedding: Any, threshold: float = 0.8) -> dict[str, Cache]:
     return {
+        "local-semantic": _local_semantic(embedding, threshold),
         "redis-semantic": Cache(type="redis-semantic", host="127.0.0.1", port=redis_port,
                                 embedding=embedding, similarity_threshold=threshold,
                                 embedding_cache_size=0, timeout=None,
@@ -138,6 +150,67 @@ async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
     return results
 
 
+async def run_embedded(quick: bool) -> list[Result]:
+    """local-semantic at 10,000 entries in one filter partition, embedding excluded.
+
+    Every stored prompt shares the model, temperature and system prompt, so all 10,000
+    rows fall in one exact-match partition: the search scores all of them. The query
+    vectors are embedded before the timed lookups (the embedder's LRU answers), so the
+    figures are the lookup itself: the exact-key read, the filter hash, the index search
+    and the read of the matched entry.
+    """
+    entries = 10_000
+    lookups = 200 if quick else 1_000
+    cache = _local_semantic(HashEmbedder(384), cache_size=lookups + 16)
+    try:
+        fill_s = await _fill(cache, entries)
+        rng = random.Random(11)
+        queries = [
+            _chat(_prompt(rng.randrange(entries)) + " Please explain.") if n % 2 == 0
+            else _chat(f"Unseen prompt {n} about {rng.choice(_TOPICS)} and the weather")
+            for n in range(lookups)
+        ]
+        backend: Any = cache.backend
+        texts = [q["messages"][-1]["content"] for q in queries]
+        await backend.semantic.embedder.embed(texts)
+        calls_before = backend.semantic.embedder.calls
+        latencies: list[float] = []
+        hits = 0
+        for query in queries:
+            started = time.perf_counter()
+            hit = await cache.async_lookup(query)
+            latencies.append(time.perf_counter() - started)
+            hits += hit is not None
+        if backend.semantic.embedder.calls != calls_before:
+            raise AssertionError("the timed lookups called the embedder")
+        latencies.sort()
+
+        async def sequential() -> None:
+            for query in queries:
+                await cache.async_lookup(query)
+
+        result = await measure(f"embedded semantic lookup, {entries:,} entries (one filter)",
+                               "local-semantic", sequential, lookups, repeats=3,
+                               probe_loop=True)
+        result.extra = {
+            "entries": entries, "fill_s": round(fill_s, 2),
+            "p50_ms": round(statistics.median(latencies) * 1000, 3),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+                            * 1000, 3),
+            "lookups": lookups, "hit_rate": round(hits / lookups, 3),
+            "errors": cache.stats()["errors"], "embedding": "excluded (LRU)",
+        }
+        return [result]
+    finally:
+        await cache.aclose()
+        _cleanup()
+
+
+def _cleanup() -> None:
+    while _FOLDERS:
+        _FOLDERS.pop().cleanup()
+
+
 async def _embedding_figures(quick: bool) -> list[Result]:
     embed = LocalEmbedder()
     texts = [_prompt(i) for i in range(64 if quick else 256)]
@@ -191,10 +264,14 @@ async def _quality(redis_port: int) -> list[Result]:
 async def run(quick: bool) -> list[Result]:
     """Lookup latency/throughput per store, local embedding time, hit quality."""
     server = start_valkey()
-    with running(server):
-        results = await _lookup_figures(server.port, quick)
-        results += await _embedding_figures(quick)
-        results += await _quality(server.port)
+    try:
+        with running(server):
+            results = await _lookup_figures(server.port, quick)
+            results += await run_embedded(quick)
+            results += await _embedding_figures(quick)
+            results += await _quality(server.port)
+    finally:
+        _cleanup()
     return results
 
 

@@ -55,8 +55,12 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("disk", "benchmarks.bench_disk", "run", "disk backend get/set"),
     Group("redis", "benchmarks.bench_redis", "run",
           "Redis single, concurrent, pipeline, MGET, write-behind"),
+    Group("memcached", "benchmarks.bench_memcached", "run",
+          "memcached vs raw emcache, LangChain MemcachedCache, aiocache"),
     Group("blob", "benchmarks.bench_blob", "run", "object stores, batches of 100/1000"),
     Group("semantic", "benchmarks.bench_semantic", "run", "semantic lookup"),
+    Group("local-semantic", "benchmarks.bench_semantic", "run_embedded",
+          "embedded semantic lookup at 10,000 entries (no server)"),
     Group("protection", "benchmarks.bench_protection", "run",
           "compression and encryption at rest: size and cost per call"),
 )}

@@ -21,6 +21,7 @@ from asynccache import BridgeError, MemoryCache, run_sync
 from asynccache.backends.memory import MemoryBackend
 from asynccache.base import WriteItem
 from asynccache.bridge import LoopLocal, _Bridge, bridge_loop
+from tests.helpers import assert_in_forked_child
 
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="nobody")
 
@@ -296,29 +297,21 @@ def test_sync_twins_and_write_behind_work_in_a_forked_child():
     assert behind.set_cache("parent", 1) is True
     assert backend.landed.wait(30)  # the parent's flush worker lives on the bridge loop
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            checks = [
-                cache.get_cache("before") == 1,
-                cache.set_cache("after", 2) is True,
-                cache.get_cache("after") == 2,
-                run_sync(add(2, 3), timeout=30) == 5,
-            ]
-            backend.landed.clear()
-            checks.append(behind.set_cache("child", 2) is True)
-            # The child needs its own flush worker: the parent's did not survive the fork.
-            checks.append(backend.landed.wait(30))
-            checks.append(behind.get_cache("child") == 2)
-            status = 0 if all(checks) else 10 + checks.index(False)
-        except BaseException:
-            status = 2
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 0, f"child failed with status {os.WEXITSTATUS(status)}"
+    def in_child() -> list[bool]:
+        checks = [
+            cache.get_cache("before") == 1,
+            cache.set_cache("after", 2) is True,
+            cache.get_cache("after") == 2,
+            run_sync(add(2, 3), timeout=30) == 5,
+        ]
+        backend.landed.clear()
+        checks.append(behind.set_cache("child", 2) is True)
+        # The child needs its own flush worker: the parent's did not survive the fork.
+        checks.append(backend.landed.wait(30))
+        checks.append(behind.get_cache("child") == 2)
+        return checks
+
+    assert_in_forked_child(in_child)
     assert cache.get_cache("before") == 1  # the parent's bridge is untouched
 
 

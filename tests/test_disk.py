@@ -8,10 +8,10 @@ import sys
 import threading
 from pathlib import Path
 
-import aiofiles.os
 import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError
+from asynccache.backends import disk
 from asynccache.backends.disk import SUFFIX, DiskBackend, DiskCache, pack
 from asynccache.keys import namespace_prefix
 from tests.helpers import FakeClock, chat_completion
@@ -110,22 +110,44 @@ async def test_readers_see_the_old_entry_until_the_new_one_is_renamed_in(make, m
     cache = make()
     old, new = chat_completion(text="old"), chat_completion(text="new")
     await cache.async_set_cache("k", old)
-    real_replace = aiofiles.os.replace
+    loop = asyncio.get_running_loop()
+    real_replace = disk._replace
     seen: list[tuple[object, str, str]] = []
 
-    async def replace_after_a_read(src: str, dst: str) -> None:
-        # The new bytes are fully written to `src`; `dst` must still hold the old entry.
-        seen.append((await cache.async_get_cache("k"), os.path.dirname(src),
-                     os.path.dirname(dst)))
-        await real_replace(src, dst)
+    def replace_after_a_read(src: str, dst: str) -> None:
+        # Runs in the worker thread: the new bytes are fully written to `src`; a read
+        # through the cache (another hop) must still see the old entry at `dst`.
+        read = asyncio.run_coroutine_threadsafe(cache.async_get_cache("k"), loop)
+        seen.append((read.result(timeout=30), os.path.dirname(src), os.path.dirname(dst)))
+        real_replace(src, dst)
 
-    monkeypatch.setattr(aiofiles.os, "replace", replace_after_a_read)
+    monkeypatch.setattr(disk, "_replace", replace_after_a_read)
     assert await cache.async_set_cache("k", new) is True
     assert len(seen) == 1
     read_during_write, src_folder, dst_folder = seen[0]
     assert read_during_write == old
     assert src_folder == dst_folder  # same folder: the rename is atomic
     assert await cache.async_get_cache("k") == new
+
+
+async def test_the_reads_and_writes_of_one_tick_share_one_thread_hop(make, monkeypatch):
+    cache = make()
+    await cache.async_set_cache_pipeline({f"k{i}": i for i in range(64)})
+    hops: list[int] = []
+    real_work = disk._TickBatcher._work
+
+    def counting(loop, batch):
+        hops.append(len(batch))
+        real_work(loop, batch)
+
+    monkeypatch.setattr(disk._TickBatcher, "_work", staticmethod(counting))
+    got = await asyncio.gather(*(cache.async_get_cache(f"k{i}") for i in range(64)))
+    assert got == list(range(64))
+    assert hops == [64]
+    hops.clear()
+    assert all(await asyncio.gather(*(cache.async_set_cache(f"n{i}", i) for i in range(64))))
+    assert hops == [64]
+    assert await cache.async_batch_get_cache([f"n{i}" for i in range(64)]) == list(range(64))
 
 
 @pytest.mark.parametrize("content", [

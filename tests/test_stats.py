@@ -11,7 +11,7 @@ import pytest
 
 from asynccache import BaseCache, MemoryCache
 from asynccache.base import Backend, WriteItem
-from asynccache.stats import COUNTERS, LATENCY_BUCKETS, CacheStats
+from asynccache.stats import COUNTERS, LATENCY_BUCKETS, SAMPLE_EVERY, CacheStats
 from tests.helpers import chat_completion
 
 
@@ -117,8 +117,14 @@ async def test_cache_stats_show_latency_and_namespaces():
         await cache.async_get_cache("a", namespace="us")
         await cache.async_batch_get_cache(["a", "b", "c"])
         stats = cache.stats()
+        # An in-process cache times the first call of each operation, then one in
+        # SAMPLE_EVERY (the batch is one backend call); the counters count every call.
         assert stats["latency"]["set"]["count"] == 1
-        assert stats["latency"]["get"]["count"] == 4  # the batch is one backend call
+        assert stats["latency"]["get"]["count"] == 1
+        for _ in range(SAMPLE_EVERY):
+            await cache.async_get_cache("a")
+        assert cache.stats()["latency"]["get"]["count"] == 2
+        assert cache.stats()["namespaces"]["eu"]["hits"] == 2 + SAMPLE_EVERY
         assert stats["namespaces"]["eu"]["hits"] == 2
         assert stats["namespaces"]["eu"]["misses"] == 3
         assert stats["namespaces"]["us"]["misses"] == 1
@@ -127,6 +133,26 @@ async def test_cache_stats_show_latency_and_namespaces():
         assert cache.stats()["latency"] == {}
     finally:
         await cache.aclose()
+
+
+async def test_lean_counters_from_many_threads_lose_nothing():
+    cache = MemoryCache()
+    await cache.async_set_cache("k", 1)
+
+    def work() -> None:
+        for _ in range(500):
+            assert cache.get_cache("k") == 1
+            cache.get_cache("absent")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = cache.stats()
+    assert stats["hits"] == 2000 and stats["misses"] == 2000
+    assert stats["namespaces"][""]["hits"] == 2000
+    await cache.aclose()
 
 
 class _Broken(Backend):
@@ -188,9 +214,10 @@ async def test_prometheus_exporter_reads_cache_stats():
             "asynccache_namespace_hits_total", {**labels, "namespace": "eu"}) == 1
         assert registry.get_sample_value("asynccache_hit_ratio", labels) == 0.5
         gets = {**labels, "operation": "get"}
-        assert registry.get_sample_value("asynccache_operation_seconds_count", gets) == 2
+        # In-process caches sample their timings: the first get of two is timed.
+        assert registry.get_sample_value("asynccache_operation_seconds_count", gets) == 1
         assert registry.get_sample_value(
-            "asynccache_operation_seconds_bucket", {**gets, "le": "+Inf"}) == 2
+            "asynccache_operation_seconds_bucket", {**gets, "le": "+Inf"}) == 1
         assert registry.get_sample_value(
             "asynccache_hits_total", {"cache": "memory:eu#2", "backend": "memory"}) == 0
         # Values are read at scrape time.

@@ -66,25 +66,79 @@ class MemoryBackend(Backend):
         return True
 
     def _store(self, key: str, data: bytes, ttl: float | None, now: float) -> bool:
-        if len(data) > self.max_bytes:
+        size = len(data)
+        if size > self.max_bytes:
             return False
-        self._remove(key)
-        self._data[key] = (data, None if ttl is None else now + ttl)
-        self._bytes += len(data)
-        while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
-            _, (old, _) = self._data.popitem(last=False)
-            self._bytes -= len(old)
-            self.evictions += 1
+        entries = self._data
+        previous = entries.pop(key, None)
+        if previous is not None:
+            self._bytes -= len(previous[0])
+        entries[key] = (data, None if ttl is None else now + ttl)
+        self._bytes += size
+        if len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._evict()
         return True
 
+    def _evict(self) -> None:
+        entries = self._data
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, (old, _) = entries.popitem(last=False)
+            self._bytes -= len(old)
+            self.evictions += 1
+
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        now = self.clock()
-        return [self._lookup(key, now) for key in keys]
+        return self.get_many_now(keys)
 
     async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        return self.set_many_now(items)
+
+    def get_one_now(self, key: str) -> bytes | None:
+        """One key's bytes or ``None``, synchronously (the lean single get calls this)."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] is not None and self.clock() >= item[1]:
+            self._remove(key)
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    def get_many_now(self, keys: Sequence[str]) -> list[bytes | None]:
+        """:meth:`get_many` without the coroutine (the cache's lean path calls this)."""
+        # The lookup inlined: this loop is the whole of a batch get's backend work.
         now = self.clock()
-        results = [self._store(key, data, ttl, now) for key, data, ttl in items]
-        return None if all(results) else results
+        entries = self._data
+        get, touch = entries.get, entries.move_to_end
+        found: list[bytes | None] = []
+        append = found.append
+        for key in keys:
+            item = get(key)
+            if item is None:
+                append(None)
+            elif item[1] is not None and now >= item[1]:
+                self._remove(key)
+                append(None)
+            else:
+                touch(key)
+                append(item[0])
+        return found
+
+    def set_one_now(self, item: WriteItem) -> bool:
+        """Store one item synchronously (the lean single set calls this)."""
+        return self._store(item[0], item[1], item[2], self.clock())
+
+    def set_many_now(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        """:meth:`set_many` without the coroutine (the cache's lean path calls this)."""
+        now = self.clock()
+        store = self._store
+        failed: list[int] = [i for i, (key, data, ttl) in enumerate(items)
+                             if not store(key, data, ttl, now)]
+        if not failed:
+            return None
+        results = [True] * len(items)
+        for index in failed:
+            results[index] = False
+        return results
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         return sum(self._remove(key) for key in keys)

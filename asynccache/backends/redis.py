@@ -37,7 +37,8 @@ from redis.retry import Retry
 
 from ..base import Backend, BaseCache, WriteItem
 from ..bridge import LoopLocal
-from ..config import NotGiven, env_settings
+from ..config import NotGiven, env_settings, split_backend_settings
+from ..config import positive_setting as _positive
 from ..exceptions import AccessDeniedError, ConfigurationError
 
 logger = logging.getLogger("asynccache")
@@ -134,19 +135,6 @@ def _verification_off(cert_reqs: object) -> bool:
     if isinstance(cert_reqs, str):
         return cert_reqs.lower() == "none"
     return cert_reqs is None or cert_reqs == ssl_module.CERT_NONE
-
-
-def _positive(name: str, value: Any, kind: type = float, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
-        kind is int and not isinstance(value, int)
-    ):
-        raise ConfigurationError(
-            f"{name} must be a positive {kind.__name__}{' or None' if allow_none else ''}, "
-            f"got {value!r}"
-        )
-    return value
 
 
 #: The commands the Redis cache sends, for a least-privilege ACL user (see the docs'
@@ -651,16 +639,6 @@ _BACKEND_ARGS = frozenset({
     "host", "port", "password", "username", "db", "url", "ssl", "max_connections",
     "socket_timeout", "socket_connect_timeout",
 })
-
-
-def split_backend_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate connection settings from :class:`BaseCache` settings."""
-    import inspect
-
-    common_names = set(inspect.signature(BaseCache.__init__).parameters) - {"self", "backend"}
-    common = {k: v for k, v in settings.items() if k in common_names}
-    backend = {k: v for k, v in settings.items() if k not in common_names}
-    return common, backend
 
 
 class RedisCache(BaseCache):
