@@ -28,6 +28,7 @@ from .exceptions import (
     ConfigurationError,
     ItemTooLargeError,
     MissingExtraError,
+    ReplayMissError,
     SerializationError,
 )
 from .facade import Cache, disable_cache, enable_cache, get_default_cache, update_cache
@@ -49,6 +50,9 @@ _LAZY = {
     "RedisSemanticCache": "asynccache.semantic.redis",
     "QdrantSemanticCache": "asynccache.semantic.qdrant",
     "LocalSemanticCache": "asynccache.semantic.embedded",
+    "PgVectorSemanticCache": "asynccache.semantic.pgvector",
+    "SQLCache": "asynccache.backends.sql",
+    "SQLiteCache": "asynccache.backends.sqlite",
     "cached": "asynccache.integrations.wrappers",
     "cached_sync": "asynccache.integrations.wrappers",
 }
@@ -87,11 +91,15 @@ __all__ = [
     "MemcachedCache",
     "MemoryCache",
     "MissingExtraError",
+    "PgVectorSemanticCache",
     "QdrantSemanticCache",
     "RedisCache",
     "RedisClusterCache",
     "RedisSemanticCache",
+    "ReplayMissError",
     "S3Cache",
+    "SQLCache",
+    "SQLiteCache",
     "SerializationError",
     "__version__",
     "cache_types",

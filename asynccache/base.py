@@ -34,6 +34,7 @@ from .keys import namespace_prefix, validate_key
 from .lifecycle import install_sigterm_drain
 from .protection import DEFAULT_COMPRESSION_MIN_SIZE, ValueProtection
 from .redact import redact
+from .savings import ledger_of, snapshot_of
 from .stats import CacheStats
 
 #: One write as backends receive it: (stored key, encoded bytes, TTL seconds or None).
@@ -847,13 +848,18 @@ class BaseCache:
         return 0 if self._queue is None else len(self._queue)
 
     def stats(self) -> dict[str, Any]:
-        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state."""
+        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state.
+
+        ``saved``: what LLM hits saved (tokens, USD, upstream seconds) per model and
+        namespace (see :mod:`asynccache.savings`).
+        """
         return {**self._stats.snapshot(), **self._guard.describe(),
-                "queued_writes": self.queued_writes}
+                "queued_writes": self.queued_writes, "saved": snapshot_of(self)}
 
     def reset_stats(self) -> None:
         """Set every counter back to zero."""
         self._stats.reset()
+        ledger_of(self).reset()
 
     def __repr__(self) -> str:
         described = {**self.backend.describe(), **self._protection.describe()}

@@ -1,4 +1,5 @@
-"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect, calibrate.
+"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect, explain,
+calibrate.
 
 Caches are configured like :class:`~asynccache.Cache`: ``--type`` (default
 ``$ASYNCCACHE_TYPE`` or ``local``), ``--namespace`` (default ``$ASYNCCACHE_NAMESPACE``)
@@ -134,10 +135,18 @@ async def _cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> in
         else:
             data.update(await _backend_info(cache))
         data["settings"] = cache.settings()
+        if data["status"] == "healthy":
+            from .savings import stored_savings
+
+            # Totals written by caches created with persist_savings=True (every process).
+            stored = await stored_savings(cache, cache.namespace)
+            if stored["hits"]:
+                data["saved"] = stored
         # This process's counters: a fresh CLI process has done only the ping above.
         data["process_stats"] = {
             key: value for key, value in cache.stats().items()
-            if key in {"hits", "misses", "sets", "errors", "timeouts", "circuit", "latency"}
+            if key in {"hits", "misses", "sets", "errors", "timeouts", "circuit", "latency",
+                       "saved"}
         }
         _emit(out, data, args.json)
         return EXIT_OK if data["status"] == "healthy" else EXIT_NEGATIVE
@@ -209,11 +218,51 @@ async def _cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> 
         await cache.aclose()
 
 
+def _read_request(source: str, stdin: IO[str]) -> dict[str, Any]:
+    text = stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        request = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the request in {source!r} is not JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise ValueError(f"the request in {source!r} must be a JSON object of the call's "
+                         f"arguments (model, messages...), got {type(request).__name__}")
+    return request
+
+
+async def _cmd_explain(args: argparse.Namespace, out: IO[str], err: IO[str],
+                       stdin: IO[str]) -> int:
+    request = _read_request(args.request, stdin)
+    cache = build_cache(args)
+    try:
+        explanation = await cache.async_explain_miss(request)
+        if args.json:
+            _emit(out, {
+                "found": explanation.found, "key": explanation.key,
+                "recorded": explanation.recorded,
+                "nearest_key": None if explanation.nearest is None else explanation.nearest.key,
+                "differences": [{"field": d.path, "recorded": _plain(d.recorded),
+                                 "requested": _plain(d.requested)}
+                                for d in explanation.differences],
+            }, True)
+        else:
+            out.write(str(explanation) + "\n")
+        return EXIT_OK if explanation.found else EXIT_NEGATIVE
+    finally:
+        await cache.aclose()
+
+
+def _plain(value: Any) -> Any:
+    from .recording import ABSENT
+
+    return None if value is ABSENT else value
+
+
 def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     from .demo import format_report, run_demo
 
     report = asyncio.run(run_demo(args.calls, args.seed, concurrency=args.concurrency,
-                                  use_wrapper=not args.no_wrapper))
+                                  use_wrapper=not args.no_wrapper, sampling=args.sampling))
     if args.json:
         _emit(out, {**vars(report), "hit_rate": report.hit_rate, "speedup": report.speedup},
               True)
@@ -316,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=8, help="calls in flight (8)")
     demo.add_argument("--no-wrapper", action="store_true",
                       help="use Cache.async_lookup/async_store instead of cached()")
+    demo.add_argument("--sampling", choices=("cache", "skip", "pool"), default="cache",
+                      help="policy for the requests sent with temperature > 0 (cache)")
     demo.add_argument("--json", action="store_true", help="print JSON")
 
     commands.add_parser(
@@ -339,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--full", action="store_true", help="print the whole value")
     inspect.add_argument("--max-chars", type=int, default=2000,
                          help="truncate the printed value (2000)")
+
+    explain = commands.add_parser(
+        "explain", help="why a request misses: the nearest stored request and what differs "
+                        "(cassettes, or caches with record_requests=true)")
+    explain.add_argument("request", help="a JSON file of the call's arguments, or - for stdin")
+    _add_cache_options(explain)
 
     calibrate = commands.add_parser(
         "calibrate", help="precision and recall per similarity threshold on labelled pairs",
@@ -392,9 +449,11 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None,
             return asyncio.run(_cmd_clear(args, out, err, inp))
         if args.command == "inspect":
             return asyncio.run(_cmd_inspect(args, out, err))
+        if args.command == "explain":
+            return asyncio.run(_cmd_explain(args, out, err, inp))
         if args.command == "calibrate":
             return asyncio.run(_cmd_calibrate(args, out))
-    except (CacheError, ValueError, TypeError) as exc:
+    except (CacheError, ValueError, TypeError, OSError) as exc:
         err.write(f"asynccache {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .facade import Cache
+from .sampling import is_sampling
 
 SYSTEM_PROMPT = "You are a concise, friendly assistant for an online bookshop."
 
@@ -77,6 +78,9 @@ class DemoReport:
     answers_match: bool
     via: str
     cache_stats: dict[str, Any] = field(default_factory=dict)
+    sampling: str = "cache"
+    sampled_calls: int = 0
+    sampled_hits: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -196,17 +200,19 @@ def _wrapper_factory() -> Callable[..., Any] | None:
 
 async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
                    min_latency: float = 0.05, max_latency: float = 0.3,
-                   use_wrapper: bool = True) -> DemoReport:
+                   use_wrapper: bool = True, sampling: str = "cache") -> DemoReport:
     """Run the workload without, then with, the cache; return the figures.
 
     With ``use_wrapper`` (and :mod:`asynccache.integrations.wrappers` available) the
     model goes through ``cached(...)``, which also merges identical in-flight calls;
     otherwise through :meth:`Cache.async_lookup` / :meth:`Cache.async_store`.
+    ``sampling`` is the cache's policy for the requests sent with ``temperature=0.7``
+    (see :mod:`asynccache.sampling`; the wrapper applies it).
     """
     if concurrency <= 0:
         raise ValueError(f"concurrency must be > 0, got {concurrency!r}")
     requests = build_workload(calls, seed)
-    cache = Cache(ttl=3600)
+    cache = Cache(ttl=3600, sampling=sampling)
     distinct = len({cache.get_cache_key(**r) for r in requests})
 
     direct = FakeModel(seed=seed, min_latency=min_latency, max_latency=max_latency)
@@ -214,7 +220,7 @@ async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
                                         lambda r: direct.acompletion(**r))
 
     model = FakeModel(seed=seed, min_latency=min_latency, max_latency=max_latency)
-    hits = coalesced = 0
+    hits = coalesced = sampled_hits = 0
     cached = _wrapper_factory() if use_wrapper else None
     if cached is not None:
         from .integrations.responses import cache_info
@@ -223,11 +229,12 @@ async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
         wrapped = cached(model.acompletion, cache=cache)
 
         async def through_cache(request: dict[str, Any]) -> Any:
-            nonlocal hits, coalesced
+            nonlocal hits, coalesced, sampled_hits
             result = await wrapped(**request)
             info = cache_info(result)
             if info is not None and info.cache_hit:
                 hits += 1
+                sampled_hits += is_sampling(request)
             elif info is not None and info.coalesced:
                 coalesced += 1
             return result
@@ -250,6 +257,7 @@ async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
             _content(answer) == _content(model.answer(r["model"], r["messages"],
                                                       r["temperature"]))
             for answer, r in zip(answers, requests, strict=True)
+            if not is_sampling(r) or sampling == "cache"
         )
         stats = cache.stats()
     finally:
@@ -260,7 +268,8 @@ async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
         seconds_without_cache=seconds_without, seconds_with_cache=seconds_with,
         model_calls_without_cache=direct.calls, model_calls_with_cache=model.calls,
         hits=hits, coalesced=coalesced, misses=calls - hits - coalesced,
-        answers_match=answers_match, via=via, cache_stats=stats,
+        answers_match=answers_match, via=via, cache_stats=stats, sampling=sampling,
+        sampled_calls=sum(is_sampling(r) for r in requests), sampled_hits=sampled_hits,
     )
 
 
@@ -299,6 +308,34 @@ def format_report(report: DemoReport) -> str:
         lines.append("")
         lines.append(f"cache get latency (cache.stats()): p50 {get['p50_ms']:.3f} ms, "
                      f"p99 {get['p99_ms']:.3f} ms over {get['count']} reads")
+    lines += _savings_lines(report.cache_stats.get("saved") or {})
+    lines.append(_sampling_line(report))
     lines.append("every answer from the cache matched the model's: "
                  + ("yes" if report.answers_match else "NO"))
     return "\n".join(lines)
+
+
+def _savings_lines(saved: dict[str, Any]) -> list[str]:
+    if not saved.get("hits"):
+        return []
+    cost = saved.get("cost_usd")
+    price = (f"${cost:.4f} at list prices ({', '.join(saved.get('price_sources') or [])})"
+             if cost is not None else "price unknown for this model")
+    if cost is not None and saved.get("unpriced_hits"):
+        price += f", plus {saved['unpriced_hits']} hits of models with no known price"
+    return ["", f"saved by {saved['hits']} cache hits (cache.stats()['saved']): "
+                f"{saved['total_tokens']:,} tokens, {price}, "
+                f"{saved['upstream_seconds']:.1f} s of model time"]
+
+
+def _sampling_line(report: DemoReport) -> str:
+    calls, hits = report.sampled_calls, report.sampled_hits
+    if report.sampling == "cache":
+        return (f"sampling policy 'cache' (the default): {calls} calls asked for "
+                f"temperature 0.7 and {hits} were answered from the cache like any other "
+                "(--sampling pool keeps several distinct samples instead)")
+    if report.sampling == "skip":
+        return (f"sampling policy 'skip': the {calls} calls with temperature 0.7 all went "
+                "to the model and none were stored")
+    return (f"sampling policy 'pool': {calls} calls with temperature 0.7, {hits} served from "
+            "pools of distinct samples (5 per request), the rest filled the pools")

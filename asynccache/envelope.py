@@ -275,3 +275,17 @@ def peek_expires_at(data: bytes) -> float | None:
         return None
     _, _, flags, _, expires_at = _HEADER.unpack_from(data)
     return expires_at if flags & _HAS_EXPIRY else None
+
+
+def counter_value(data: bytes | None) -> float:
+    """The number a stored counter holds: 0 when missing, unreadable or not a number.
+
+    Backends whose increment is a read-modify-write start from this value.
+    """
+    if data is None:
+        return 0
+    try:
+        value = decode(data).value
+    except CorruptEntry:
+        return 0
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0

@@ -12,6 +12,7 @@ Every error asynccache raises derives from :class:`CacheError`::
     │   ├── CacheConnectionError                unreachable, refused, bad credentials
     │   └── CacheTimeoutError (also TimeoutError)
     ├── CacheClosedError                        a call on a cache after ``aclose()``
+    ├── ReplayMissError                         a replaying cassette has no answer
     └── BridgeError (also RuntimeError)         misuse of the sync bridge
 
 Backend errors are translated with ``raise ... from exc`` so the original stays on
@@ -20,6 +21,8 @@ surface only from explicit health checks such as :meth:`BaseCache.test_connectio
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class CacheError(Exception):
@@ -65,6 +68,19 @@ class CacheTimeoutError(BackendError, TimeoutError):
 
 class CacheClosedError(CacheError):
     """The cache was used after :meth:`BaseCache.aclose`."""
+
+
+class ReplayMissError(CacheError):
+    """A replay-only cache (a cassette in ``replay`` mode) has no answer for a request.
+
+    Raised instead of letting the call go upstream. ``explanation`` (a
+    :class:`~asynccache.recording.MissExplanation`) names the nearest recorded request
+    and the fields that differ; the message is its text.
+    """
+
+    def __init__(self, explanation: Any) -> None:
+        super().__init__(f"asynccache replay miss: {explanation}")
+        self.explanation = explanation
 
 
 class BridgeError(CacheError, RuntimeError):

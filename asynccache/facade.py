@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .base import BaseCache, CacheHit, SimilaritySearch, WriteItem
+from .bridge import sync_twin
+from .config import NOT_GIVEN, NotGiven
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import ConfigurationError
 from .keys import EXCLUDED_PARAMS, group_model, namespace_prefix, request_key
+from .recording import (
+    MissExplanation,
+    RequestLog,
+    RequestStore,
+    check_replay_miss,
+    explain,
+    remember_requests,
+)
 from .registry import canonical_type, create_backend
+from .sampling import PoolServer, SamplingPolicy, parse_sampling
+from .savings import enable_persistence
+from .savings import persist as persist_savings
 from .semantic.base import EmbedWhat, split_request
 from .semantic.guard import Judge, SemanticGuard, SemanticVerifier, parse_guard, parse_judge
+
+logger = logging.getLogger("asynccache")
 
 #: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
 DEFAULT_CALL_TYPES: tuple[str, ...] = (
@@ -39,9 +55,10 @@ _SETTING_ALIASES = {
 class Cache(BaseCache):
     """The cache users create: pick a backend by ``type`` and pass its settings.
 
-    ``Cache()`` is the embedded in-memory default. Other types: ``"disk"``, ``"redis"``
-    (``redis_startup_nodes=`` for a cluster), ``"memcached"`` (``servers=[...]``), ``"s3"``,
-    ``"gcs"``, ``"azure_blob"``, ``"redis-semantic"``, ``"qdrant-semantic"``,
+    ``Cache()`` is the embedded in-memory default. Other types: ``"disk"``, ``"sqlite"``,
+    ``"sql"`` (PostgreSQL, MariaDB/MySQL, SQLite), ``"redis"`` (``redis_startup_nodes=``
+    for a cluster), ``"memcached"`` (``servers=[...]``), ``"s3"``, ``"gcs"``,
+    ``"azure_blob"``, ``"redis-semantic"``, ``"qdrant-semantic"``, ``"postgres-semantic"``,
     ``"local-semantic"``. Settings shared by all backends (``namespace``, ``ttl``,
     ``flush_size``...) are those of :class:`BaseCache`; the rest go to the backend, and a
     setting no one knows raises naming it.
@@ -52,7 +69,16 @@ class Cache(BaseCache):
       ``"default_off"`` (cache only calls with ``cache={"use-cache": True}``);
     * ``supported_call_types``: which call types the wrappers cache;
     * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
-    * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs).
+    * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs);
+    * ``sampling``: what to do with requests meant to vary (temperature > 0, top_p < 1,
+      n > 1, no seed): ``"cache"`` (default), ``"skip"`` or ``"pool"``, or a dict /
+      :class:`~asynccache.sampling.SamplingPolicy` (``pool_size``, ``serve``);
+    * ``persist_savings``: also add what hits saved (see :mod:`asynccache.savings`) to
+      totals stored in the cache itself, every 10 s and on flush/close, so the hits of
+      every process add up and ``asynccache stats`` shows them;
+    * ``record_requests``: also store each request (scrubbed of secrets) so
+      :meth:`explain_miss` can say why a request missed (``True`` keeps the 256 most
+      recent per namespace, an int another number; cassettes always keep them).
 
     Semantic types verify every candidate the vector search finds before serving it
     (see :mod:`asynccache.semantic.guard`):
@@ -80,6 +106,9 @@ class Cache(BaseCache):
         caching_groups: Sequence[Iterable[str]] | None = None,
         key_function: Callable[..., str] | None = None,
         excluded_params: Iterable[str] | None = None,
+        record_requests: bool | int = False,
+        persist_savings: bool = False,
+        sampling: SamplingPolicy | Mapping[str, Any] | str | None = None,
         semantic_guard: bool | Iterable[str] | SemanticGuard = True,
         semantic_judge: Judge | None = None,
         semantic_judge_timeout: float | None = 10.0,
@@ -100,6 +129,8 @@ class Cache(BaseCache):
         self.excluded_params = (
             EXCLUDED_PARAMS if excluded_params is None else frozenset(excluded_params)
         )
+        self.sampling = parse_sampling(sampling)
+        self.pool_server = PoolServer(self.sampling.serve)
         #: The verification stage after the vector search (guard, optional judge, counters).
         self.semantic_verifier = SemanticVerifier(
             parse_guard(semantic_guard), parse_judge(semantic_judge), semantic_judge_timeout
@@ -107,6 +138,10 @@ class Cache(BaseCache):
         common, backend_settings = _split_settings(settings)
         self._settings = dict(settings)
         super().__init__(create_backend(self.type, backend_settings), **common)
+        self.request_store = _request_store(self, record_requests)
+        self.persist_savings = bool(persist_savings)
+        if self.persist_savings:
+            enable_persistence(self)
 
     def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
         """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
@@ -140,6 +175,8 @@ class Cache(BaseCache):
         key = key or self.get_cache_key(**call_kwargs)
         namespace = controls.namespace
         hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if hit is None and self.request_store is not None:
+            await check_replay_miss(self, call_kwargs, key, namespace)
         if hit is not None or not isinstance(self.backend, SimilaritySearch):
             return hit
         ns = self._namespace(namespace)
@@ -191,6 +228,8 @@ class Cache(BaseCache):
         key = key or self.get_cache_key(**call_kwargs)
         ns = self._namespace(controls.namespace)
         item = self._encode(key, value, controls.ttl, ns, self.clock())
+        if self.request_store is not None:
+            await remember_requests(self, [(key, call_kwargs)], ns)
         if not isinstance(self.backend, SimilaritySearch):
             return (await self._write([item], ns))[0]
         backend = self.backend
@@ -202,6 +241,18 @@ class Cache(BaseCache):
         )
         self._stats.add("sets" if ok else "set_failures", namespace=ns)
         return ok
+
+    async def async_explain_miss(
+        self, call_kwargs: Mapping[str, Any], *, namespace: str | NotGiven | None = NOT_GIVEN,
+    ) -> MissExplanation:
+        """Why ``call_kwargs`` has (or has no) stored answer: the nearest stored request and
+        the fields that differ. ``str()`` of the result is a readable report.
+
+        Needs stored requests: a cassette, or ``Cache(..., record_requests=True)``.
+        """
+        return await explain(self, call_kwargs, namespace=namespace)
+
+    explain_miss = sync_twin(async_explain_miss)
 
     def stats(self) -> dict[str, Any]:
         """Counters as :meth:`BaseCache.stats`; semantic types add ``semantic``: candidates
@@ -215,6 +266,24 @@ class Cache(BaseCache):
         """Set every counter (semantic verification included) back to zero."""
         super().reset_stats()
         self.semantic_verifier.reset()
+
+    async def async_flush(self) -> None:
+        """Send queued writes (and, with ``persist_savings``, the savings totals)."""
+        if self.persist_savings and not self.closed:
+            await self._persist_savings()
+        await super().async_flush()
+
+    async def aclose(self) -> None:
+        """Write the savings totals (with ``persist_savings``), then close as usual."""
+        if self.persist_savings and not self.closed:
+            await self._persist_savings()
+        await super().aclose()
+
+    async def _persist_savings(self) -> None:
+        try:
+            await persist_savings(self)
+        except Exception:  # statistics never break a flush or a close
+            logger.warning("asynccache: storing the savings totals failed", exc_info=True)
 
     def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
         """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
@@ -256,6 +325,14 @@ async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item
     return True
 
 
+def _request_store(cache: Cache, record_requests: bool | int) -> RequestStore | None:
+    if isinstance(cache.backend, RequestStore):
+        return cache.backend
+    if record_requests is False:
+        return None
+    return RequestLog(cache, 256 if record_requests is True else record_requests)
+
+
 def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     common: dict[str, Any] = {}
     backend: dict[str, Any] = {}
@@ -287,6 +364,15 @@ def disable_cache() -> None:
     """Turn the default cache off (wrapped calls go straight upstream)."""
     global _default_cache
     _default_cache = None
+
+
+def set_default_cache(cache: Cache | None) -> Cache | None:
+    """Make ``cache`` the default cache (``None``: none); return the previous one."""
+    global _default_cache
+    if cache is not None and not isinstance(cache, Cache):
+        raise ConfigurationError(f"the default cache must be a Cache, got {cache!r:.80}")
+    previous, _default_cache = _default_cache, cache
+    return previous
 
 
 def get_default_cache() -> Cache | None:

@@ -25,6 +25,8 @@ class BackendSpec:
 _SPECS: dict[str, BackendSpec] = {
     "local": BackendSpec("asynccache.backends.memory:MemoryBackend", None, "in-process LRU"),
     "disk": BackendSpec("asynccache.backends.disk:DiskBackend", None, "files on local disk"),
+    "cassette": BackendSpec("asynccache.backends.cassette:CassetteBackend", None,
+                            "recorded answers in a JSON file, replayed in tests"),
     "redis": BackendSpec("asynccache.backends.redis:create_redis_backend", "redis",
                          "Redis or Redis Cluster"),
     "redis-cluster": BackendSpec("asynccache.backends.redis_cluster:RedisClusterBackend",
@@ -35,17 +37,25 @@ _SPECS: dict[str, BackendSpec] = {
     "gcs": BackendSpec("asynccache.backends.gcs:GCSBackend", "gcs", "Google Cloud Storage"),
     "azure_blob": BackendSpec("asynccache.backends.azure_blob:AzureBlobBackend", "azure",
                               "Azure Blob Storage"),
+    "sqlite": BackendSpec("asynccache.backends.sqlite:SQLiteBackend", None,
+                          "one SQLite file (WAL, group commit)"),
+    "sql": BackendSpec("asynccache.backends.sql:SQLBackend", "sql",
+                       "PostgreSQL, MariaDB/MySQL or SQLite through SQLAlchemy asyncio"),
     "redis-semantic": BackendSpec("asynccache.semantic.redis:RedisSemanticBackend", "redis",
                                   "semantic cache on Redis vector search"),
     "qdrant-semantic": BackendSpec("asynccache.semantic.qdrant:QdrantSemanticBackend", "qdrant",
                                    "semantic cache on Qdrant"),
+    "postgres-semantic": BackendSpec("asynccache.semantic.pgvector:PgVectorSemanticBackend",
+                                     "postgres", "semantic cache on PostgreSQL + pgvector"),
     "local-semantic": BackendSpec("asynccache.semantic.embedded:LocalSemanticBackend",
                                   "local-semantic",
                                   "semantic cache with no server: in-process index over disk"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic",
+            "sqlite3": "sqlite", "postgres_semantic": "postgres-semantic",
+            "pgvector": "postgres-semantic"}
 
 
 def cache_types() -> list[str]:

@@ -35,7 +35,7 @@ from asynccache.backends._blob import MAX_KEY_CHARS, object_name
 from asynccache.backends.disk import DiskCache
 from asynccache.keys import namespace_prefix
 
-LOCAL_BACKENDS = {"memory", "dual", "disk"}
+LOCAL_BACKENDS = {"memory", "dual", "disk", "sqlite"}
 LOCAL_EXAMPLES = 25
 REMOTE_EXAMPLES = 6
 KB64 = 64 * 1024

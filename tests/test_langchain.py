@@ -1,5 +1,5 @@
-"""The LangChain adapter against langchain-tests' standard cache suites (memory, Redis and
-memcached)."""
+"""The LangChain adapter against langchain-tests' standard cache suites (memory, Redis,
+memcached, SQLite and SQL)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,18 @@ BACKENDS = [
     pytest.param("redis", marks=pytest.mark.skipif(
         not HAS_REDIS_BACKEND,
         reason="asynccache.backends.redis is not written yet (another issue)")),
-    "memcached",
+    "memcached", "sqlite", "sql-postgres", "sql-mariadb",
 ]
 
 
 def make_cache(kind: str, request: pytest.FixtureRequest) -> Cache:
     if kind == "memory":
         return Cache()
+    if kind == "sqlite":
+        return Cache(type="sqlite", path=str(request.getfixturevalue("tmp_path") / "lc.db"))
+    if kind.startswith("sql-"):
+        server = request.getfixturevalue(kind.removeprefix("sql-") + "_server")
+        return Cache(type="sql", url=server.url, namespace=unique("lc"))
     if kind == "memcached":
         nodes = request.getfixturevalue("memcached_nodes")
         return Cache(type="memcached", servers=nodes.servers, namespace=unique("lc"))

@@ -16,10 +16,19 @@ write-behind, stats, fail-open).
 The cache's ``mode`` and ``supported_call_types`` are handed to LiteLLM. Keys are
 LiteLLM's, so asynccache's ``caching_groups`` and ``key_function`` do not apply here (use
 LiteLLM's own ``caching_groups`` in its router metadata).
+
+``Cache(sampling="skip")`` applies here too: requests meant to vary (temperature > 0,
+no seed...) are neither answered from nor stored in the cache.
+
+On a cassette in ``replay`` mode a miss raises
+:class:`~asynccache.exceptions.ReplayMissError` out of ``litellm.acompletion`` (LiteLLM
+itself swallows cache errors, so the object returned here re-raises it), and no request
+reaches the provider.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -33,8 +42,34 @@ from ..bridge import sync_twin
 from ..config import NOT_GIVEN, NotGiven
 from ..exceptions import ConfigurationError
 from ..facade import Cache
+from ..recording import ReplayMissError, check_replay_miss, remember_requests, request_store
+from ..sampling import is_sampling
+from ..savings import count_saved
 
 logger = logging.getLogger("asynccache.integrations")
+
+
+def _request(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The LLM request among the kwargs LiteLLM hands its cache (model, messages...)."""
+    if "model" not in kwargs:
+        return None  # per-input embedding reads carry only the key
+    from litellm.litellm_core_utils.model_param_helper import ModelParamHelper
+
+    params = ModelParamHelper.get_all_llm_api_params()
+    return {name: value for name, value in kwargs.items()
+            if name in params and value is not None and name != "cache"}
+
+
+def _count_saved(cache: Cache, value: Any, kwargs: dict[str, Any]) -> None:
+    # LiteLLM stores a completion as {"timestamp": ..., "response": "<JSON text>"}.
+    data = value
+    if isinstance(value, dict) and isinstance(value.get("response"), str):
+        try:
+            data = json.loads(value["response"])
+        except ValueError:
+            return
+    if isinstance(data, dict) and "usage" in data:
+        count_saved(cache, data, namespace=cache.namespace, model=kwargs.get("model"))
 
 
 def _ttl(kwargs: dict[str, Any]) -> float | NotGiven | None:
@@ -56,20 +91,57 @@ class LiteLLMBackend(LiteLLMBaseCache):
                 f"as_litellm_cache needs an asynccache.Cache, got {type(cache).__name__}")
         super().__init__(default_ttl=int(cache.default_ttl or 60))
         self.cache = cache
+        # Replay misses LiteLLM swallowed, by key, for LiteLLM's cache object to re-raise.
+        self.replay_misses: dict[str, list[ReplayMissError]] = {}
+
+    def _skips(self, kwargs: dict[str, Any]) -> bool:
+        # sampling="skip": requests meant to vary are neither answered nor stored.
+        return self.cache.sampling.mode == "skip" and is_sampling(kwargs)
 
     async def async_set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
         """Store one entry (``ttl=`` in kwargs, else the cache's default TTL)."""
+        if self._skips(kwargs):
+            return
         await self.cache.async_set_cache(key, value, ttl=_ttl(kwargs))
+        request = _request(kwargs)
+        if request is not None:
+            await remember_requests(self.cache, [(key, request)])
 
     async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
         """The stored entry or ``None`` (backend failures are misses)."""
-        return await self.cache.async_get_cache(key)
+        if self._skips(kwargs):
+            return None
+        value = await self.cache.async_get_cache(key)
+        if value is not None:
+            _count_saved(self.cache, value, kwargs)
+        elif request_store(self.cache) is not None:
+            try:
+                await check_replay_miss(self.cache, _request(kwargs), key)
+            except ReplayMissError as exc:
+                self.replay_misses.setdefault(key, []).append(exc)
+                raise
+        return value
+
+    def take_replay_miss(self, key: str) -> ReplayMissError | None:
+        """The replay miss recorded for ``key`` (LiteLLM hides it), if any."""
+        pending = self.replay_misses.get(key)
+        if not pending:
+            return None
+        error = pending.pop(0)
+        if not pending:
+            del self.replay_misses[key]
+        return error
 
     async def async_set_cache_pipeline(self, cache_list: Iterable[tuple[str, Any]],
                                        **kwargs: Any) -> None:
         """Store many entries in one batch (LiteLLM's per-input embedding entries)."""
-        await self.cache.async_set_cache_pipeline(
-            [(key, value) for key, value in cache_list], ttl=_ttl(kwargs))
+        items = [(key, value) for key, value in cache_list]
+        await self.cache.async_set_cache_pipeline(items, ttl=_ttl(kwargs))
+        request, inputs = _request(kwargs), kwargs.get("input")
+        if request is not None and isinstance(inputs, list) and len(inputs) == len(items):
+            await remember_requests(self.cache, [
+                (key, {**request, "input": item})
+                for (key, _), item in zip(items, inputs, strict=True)])
 
     async def async_batch_get_cache(self, keys: list[str], **kwargs: Any) -> list[Any]:
         """One entry (or ``None``) per key, in one batch read."""
@@ -133,5 +205,32 @@ def as_litellm_cache(cache: Cache, **litellm_options: Any) -> LiteLLMCache:
     }
     if "type" in options or "_backend" in options:
         raise ConfigurationError("as_litellm_cache chooses the storage: do not pass type=")
-    return LiteLLMCache(type=LiteLLMCacheType.LOCAL, _backend=LiteLLMBackend(cache),
-                        **options)
+    if cache.sampling.mode == "pool":
+        raise ConfigurationError(
+            "sampling='pool' works with cached() calls, not through LiteLLM's cache (LiteLLM "
+            "keeps one answer per key): use sampling='skip' or 'cache' here")
+    return _LiteLLMCache(type=LiteLLMCacheType.LOCAL, _backend=LiteLLMBackend(cache),
+                         **options)
+
+
+class _LiteLLMCache(LiteLLMCache):
+    """LiteLLM's cache object, except that a replay miss is not swallowed."""
+
+    def _raise_replay_miss(self, kwargs: dict[str, Any]) -> None:
+        backend = self.cache
+        if not isinstance(backend, LiteLLMBackend) or not backend.replay_misses:
+            return
+        key = kwargs.get("cache_key") or self.get_cache_key(**kwargs)
+        error = backend.take_replay_miss(key) if isinstance(key, str) else None
+        if error is not None:
+            raise error
+
+    async def async_get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
+        result = await super().async_get_cache(dynamic_cache_object, **kwargs)
+        self._raise_replay_miss(kwargs)
+        return result
+
+    def get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
+        result = super().get_cache(dynamic_cache_object, **kwargs)
+        self._raise_replay_miss(kwargs)
+        return result

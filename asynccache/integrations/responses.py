@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 STORE_VERSION = 1
+#: Payload field: seconds the upstream call took when the answer was stored (what a
+#: hit saves in time).
+UPSTREAM_SECONDS = "upstream_seconds"
 
 
 @dataclass(frozen=True, slots=True)

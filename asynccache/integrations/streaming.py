@@ -235,8 +235,10 @@ class CachedStream:
 
     def __init__(self, upstream: Any,
                  on_complete: Callable[[dict[str, Any], type | None], Awaitable[None]],
-                 info: CacheInfo) -> None:
+                 info: CacheInfo, *, keep_chunks: bool = False) -> None:
         self._upstream = upstream
+        #: The chunks as received (as data), kept when the cache stores them losslessly.
+        self.kept_chunks: list[Any] | None = [] if keep_chunks else None
         self._iterator: Any = None
         self._assembler = StreamAssembler()
         self._on_complete = on_complete
@@ -265,6 +267,8 @@ class CachedStream:
         if self._chunk_type is None and is_pydantic(chunk):
             self._chunk_type = type(chunk)
         self._assembler.add(chunk)
+        if self.kept_chunks is not None:
+            self.kept_chunks.append(to_data(chunk))
         return chunk
 
     async def aclose(self) -> None:

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -39,9 +40,24 @@ from ..controls import CacheControls
 from ..exceptions import ConfigurationError
 from ..facade import Cache, get_default_cache
 from ..keys import namespace_prefix
+from ..recording import ReplayMissError, check_replay_miss, remember_requests, request_store
 from ..redact import redact
+from ..sampling import (
+    DEFAULT_SAMPLING,
+    POOL_SUFFIX,
+    SamplingPolicy,
+    add_answers,
+    is_full,
+    merge_choices,
+    new_pool,
+    pool_request,
+    samples_wanted,
+    split_choices,
+)
+from ..savings import count_saved
 from .embeddings import cached_embedding, split_inputs
 from .responses import (
+    UPSTREAM_SECONDS,
     CacheInfo,
     attach_info,
     cache_info,
@@ -50,6 +66,7 @@ from .responses import (
     pack,
     rebuild,
     resolve_type,
+    to_data,
     type_path,
     unpack,
 )
@@ -188,9 +205,15 @@ class CachedFunction:
         if cache is None or caching is False or not self._enabled_for(cache):
             return await self._upstream(args, kwargs)
         controls = cache.controls(raw_controls)  # a bad control is the user's error: raise
+        if controls.no_cache and (store := request_store(cache)) is not None and store.replay_only:
+            # A replaying cassette has no fresh answer to fetch: "no-cache" reads it too.
+            controls = dataclasses.replace(controls, no_cache=False)
         if not controls.enabled(cache.mode):
             return await self._upstream(args, kwargs)
         streaming = kwargs.get("stream") is True
+        policy = getattr(cache, "sampling", DEFAULT_SAMPLING)
+        if policy.handles(kwargs) and self.call_type not in EMBEDDING_CALL_TYPES:
+            return await self._sampled(cache, args, kwargs, controls, policy, streaming)
 
         if self.call_type in EMBEDDING_CALL_TYPES and not streaming and not args:
             split = split_inputs(kwargs.get("input"))
@@ -221,9 +244,18 @@ class CachedFunction:
         else:
             outcome = await self._lookup_or_call(cache, args, kwargs, controls, key)
             result = outcome.result
+        if outcome.info.cache_hit and outcome.payload is not None:
+            self._count_saved(cache, controls, kwargs, outcome.payload)
         if outcome.info.cache_hit or outcome.info.coalesced:
             await self._notify(outcome.info)
         return attach_info(result, outcome.info)
+
+    @staticmethod
+    def _count_saved(cache: Cache, controls: CacheControls, kwargs: dict[str, Any],
+                     payload: dict[str, Any]) -> None:
+        namespace = cache.namespace if controls.namespace is NOT_GIVEN else controls.namespace
+        count_saved(cache, payload.get("data"), namespace=namespace, model=kwargs.get("model"),
+                    seconds=payload.get(UPSTREAM_SECONDS))
 
     async def _lookup(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
                       key: str) -> CacheHit | None:
@@ -231,6 +263,8 @@ class CachedFunction:
             return None
         try:
             return await cache.async_lookup(kwargs, controls=controls, key=key)
+        except ReplayMissError:
+            raise  # a cassette in replay mode: the call must not go upstream
         except Exception as exc:
             self._fail_open("cache lookup", exc)
             return None
@@ -256,7 +290,9 @@ class CachedFunction:
 
     async def _call_and_store(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
                               controls: CacheControls, key: str) -> _Outcome:
+        started = time.perf_counter()
         result = await self._upstream(args, kwargs)  # errors propagate, nothing is stored
+        elapsed = time.perf_counter() - started
         self._learn(result)
         info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
         if is_empty(result):
@@ -266,6 +302,7 @@ class CachedFunction:
         except Exception as exc:
             self._fail_open("serialising the response", exc)
             return _Outcome(None, result, info)
+        payload[UPSTREAM_SECONDS] = round(elapsed, 3)
         await self._store(cache, kwargs, payload, controls, key)
         return _Outcome(payload, result, info)
 
@@ -304,6 +341,70 @@ class CachedFunction:
                 except Exception as exc:  # it expires on its own after options.ttl
                     self._fail_open("releasing the distributed lease", exc)
 
+    # -- requests meant to vary (see asynccache.sampling) --------------------------------
+
+    async def _sampled(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       controls: CacheControls, policy: SamplingPolicy,
+                       streaming: bool) -> Any:
+        request = pool_request(kwargs)
+        pool_key = self._key(cache, args, request) + POOL_SUFFIX
+        store = request_store(cache)
+        if policy.mode == "skip":
+            await check_replay_miss(cache, request, pool_key, controls.namespace)
+            return await self._upstream(args, kwargs)
+        wanted = samples_wanted(kwargs)
+        hit = None
+        if controls.reads(cache.mode):
+            try:
+                hit = await cache.async_get_entry(pool_key, namespace=controls.namespace,
+                                                  max_age=controls.s_maxage)
+            except Exception as exc:
+                self._fail_open("sample pool lookup", exc)
+        pool = new_pool(None if hit is None else hit.value)
+        enough = len(pool["answers"]) >= wanted
+        if hit is not None and enough and (
+                is_full(pool, policy.pool_size) or (store is not None and store.replay_only)):
+            data = merge_choices(cache.pool_server.pick(pool_key, pool["answers"], wanted))
+            info = self._hit_info(hit, pool_key)
+            self._count_saved(cache, controls, kwargs,
+                              {"data": data, UPSTREAM_SECONDS: pool["upstream_seconds"]})
+            await self._notify(info)
+            if streaming:
+                chunk_cls = self.chunk_type or resolve_type(
+                    KNOWN_RESPONSE_TYPES.get(pool["type"] or "", ""))
+                return ReplayStream([rebuild(c, chunk_cls) for c in replay_chunks(data)], info)
+            return attach_info(rebuild(data, self._class_for(pool["type"])), info)
+        await check_replay_miss(cache, request, pool_key, controls.namespace)
+
+        info = CacheInfo(cache_hit=False, cache_key=pool_key, backend=cache.backend.name)
+        started = time.perf_counter()
+        result = await self._upstream(args, kwargs)
+
+        async def add(data: Any, stored_type: str | None) -> None:
+            if not controls.writes(cache.mode) or is_empty(data):
+                return
+            try:
+                current = await cache.async_get_cache(pool_key, namespace=controls.namespace)
+                updated = add_answers(new_pool(current), split_choices(data), policy.pool_size,
+                                      stored_type, round(time.perf_counter() - started, 3))
+                await cache.async_set_cache(pool_key, updated, ttl=controls.ttl,
+                                            namespace=controls.namespace)
+                await remember_requests(cache, [(pool_key, request)], controls.namespace)
+            except Exception as exc:
+                self._fail_open("adding to the sample pool", exc)
+
+        if streaming:
+            async def on_complete(assembled: dict[str, Any], chunk_type: type | None) -> None:
+                if chunk_type is not None:
+                    self.chunk_type = chunk_type
+                await add(assembled, KNOWN_STREAM_TYPES.get(type_path(chunk_type))
+                          if chunk_type else None)
+
+            return CachedStream(result, on_complete, info)
+        self._learn(result)
+        await add(to_data(result), type_path(type(result)) if is_pydantic(result) else None)
+        return attach_info(result, info)
+
     # -- streaming ----------------------------------------------------------------------
 
     async def _stream(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -314,10 +415,14 @@ class CachedFunction:
             info = self._hit_info(hit, key)
             chunk_cls = self.chunk_type or resolve_type(
                 KNOWN_RESPONSE_TYPES.get(payload.get("type") or "", ""))
-            chunks = [rebuild(chunk, chunk_cls) for chunk in replay_chunks(payload["data"])]
+            recorded = payload.get("chunks")
+            chunks = [rebuild(chunk, chunk_cls) for chunk in (
+                recorded if isinstance(recorded, list) else replay_chunks(payload["data"]))]
+            self._count_saved(cache, controls, kwargs, payload)
             await self._notify(info)
             return ReplayStream(chunks, info)
 
+        started = time.perf_counter()
         upstream = await self._upstream(args, kwargs)
         info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
 
@@ -329,10 +434,15 @@ class CachedFunction:
             stored_type = KNOWN_STREAM_TYPES.get(type_path(chunk_type)) if chunk_type else None
             if stored_type is None and self.response_type is not None:
                 stored_type = type_path(self.response_type)
-            payload = {**pack(assembled), "type": stored_type}
+            payload = {**pack(assembled), "type": stored_type,
+                       UPSTREAM_SECONDS: round(time.perf_counter() - started, 3)}
+            if stream.kept_chunks is not None:
+                payload["chunks"] = stream.kept_chunks
             await self._store(cache, kwargs, payload, controls, key)
 
-        return CachedStream(upstream, on_complete, info)
+        stream = CachedStream(upstream, on_complete, info,
+                              keep_chunks=getattr(cache.backend, "keeps_stream_chunks", False))
+        return stream
 
     # -- embeddings ---------------------------------------------------------------------
 
