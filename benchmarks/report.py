@@ -351,7 +351,7 @@ def targets_text(results: Sequence[Result]) -> list[str]:
 
 
 def markdown_table(results: Sequence[Result]) -> str:
-    """The results as a Markdown table (for the README)."""
+    """The results as a Markdown table (for docs/benchmarks.md)."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for cells in table_rows(results):
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
