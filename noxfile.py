@@ -12,7 +12,12 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole suite, with its real servers (started and stopped by the tests)."""
+    """The whole suite, with its real servers (started and stopped by the tests).
+
+    Installs the Debian server packages first when it can (root with apt-get): see
+    ``.ci/install-servers``.
+    """
+    session.run("bash", ".ci/install-servers", external=True)
     session.install("-e", ".[dev]")
     session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from .backends.memory import MemoryCache
-from .base import Backend, BaseCache, CacheHit
+from .base import BaseCache, CacheHit
 from .bridge import run_sync
-from .config import NOT_GIVEN
+from .config import NOT_GIVEN, CacheSettings
+from .contract import Backend
 from .controls import CacheControls, CacheMode, parse_controls
 from .dual import DualCache
 from .exceptions import (
+    AccessDeniedError,
     BackendError,
     BridgeError,
     CacheClosedError,
@@ -27,7 +29,10 @@ from .exceptions import (
     CacheTimeoutError,
     ConfigurationError,
     ItemTooLargeError,
+    MissingArgumentError,
     MissingExtraError,
+    ReplayMissError,
+    ResponseTypeError,
     SerializationError,
 )
 from .facade import Cache, disable_cache, enable_cache, get_default_cache, update_cache
@@ -40,6 +45,7 @@ __version__ = "0.1.0"
 # stays fast and works without the extras.
 _LAZY = {
     "DiskCache": "asynccache.backends.disk",
+    "MemcachedCache": "asynccache.backends.memcached",
     "RedisCache": "asynccache.backends.redis",
     "RedisClusterCache": "asynccache.backends.redis_cluster",
     "S3Cache": "asynccache.backends.s3",
@@ -47,6 +53,10 @@ _LAZY = {
     "AzureBlobCache": "asynccache.backends.azure_blob",
     "RedisSemanticCache": "asynccache.semantic.redis",
     "QdrantSemanticCache": "asynccache.semantic.qdrant",
+    "LocalSemanticCache": "asynccache.semantic.embedded",
+    "PgVectorSemanticCache": "asynccache.semantic.pgvector",
+    "SQLCache": "asynccache.backends.sql",
+    "SQLiteCache": "asynccache.backends.sqlite",
     "cached": "asynccache.integrations.wrappers",
     "cached_sync": "asynccache.integrations.wrappers",
 }
@@ -63,6 +73,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "NOT_GIVEN",
+    "AccessDeniedError",
     "AzureBlobCache",
     "Backend",
     "BackendError",
@@ -75,19 +86,28 @@ __all__ = [
     "CacheError",
     "CacheHit",
     "CacheMode",
+    "CacheSettings",
     "CacheTimeoutError",
     "ConfigurationError",
     "DiskCache",
     "DualCache",
     "GCSCache",
     "ItemTooLargeError",
+    "LocalSemanticCache",
+    "MemcachedCache",
     "MemoryCache",
+    "MissingArgumentError",
     "MissingExtraError",
+    "PgVectorSemanticCache",
     "QdrantSemanticCache",
     "RedisCache",
     "RedisClusterCache",
     "RedisSemanticCache",
+    "ReplayMissError",
+    "ResponseTypeError",
     "S3Cache",
+    "SQLCache",
+    "SQLiteCache",
     "SerializationError",
     "__version__",
     "cache_types",

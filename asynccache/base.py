@@ -1,27 +1,30 @@
-"""BaseCache: the template methods every cache shares, and the backend contract.
+"""BaseCache: the template methods every cache shares.
 
 A backend implements a handful of batch primitives on encoded bytes
-(:class:`Backend`); :class:`BaseCache` does everything else once: key checks and
-namespacing, the envelope and serialization, TTL and max-age, write-behind, read
+(:class:`~asynccache.contract.Backend`); :class:`BaseCache` does everything else once:
+key checks and namespacing, the envelope and serialization, TTL and max-age, write-behind, read
 coalescing, stats, the fail-open error policy and the sync twins.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
+import dataclasses
+import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
-
-import orjson
+from typing import Any
 
 from . import envelope
-from .bridge import sync_twin
-from .config import NOT_GIVEN, NotGiven, resolve_ttl, validate_ttl
+from .bridge import register_exit_hook, sync_twin
+from .config import NOT_GIVEN, CacheSettings, NotGiven, resolve_ttl, validate_ttl
+from .contract import Backend, LeaseSupport, SimilaritySearch, WriteItem
+from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
 from .exceptions import (
+    BackendError,
     CacheClosedError,
     CacheConnectionError,
     CacheError,
@@ -29,115 +32,42 @@ from .exceptions import (
     ItemTooLargeError,
 )
 from .flush import FlushQueue
-from .guard import DEFAULT_COOLDOWN, CircuitBreaker, GuardedBackend
-from .keys import namespace_prefix, validate_key
+from .guard import CircuitBreaker, GuardedBackend, sync_primitive
+from .keys import (
+    EXCLUDED_PARAMS,
+    group_model,
+    lease_key,
+    namespace_prefix,
+    request_key,
+    stored_key,
+)
 from .lifecycle import install_sigterm_drain
-from .protection import DEFAULT_COMPRESSION_MIN_SIZE, ValueProtection
+from .protection import ValueProtection
+from .recording import (
+    MissExplanation,
+    RequestLog,
+    RequestStore,
+    check_replay_miss,
+    explain,
+    remember_requests,
+)
 from .redact import redact
+from .sampling import PoolServer, parse_sampling
+from .savings import enable_persistence, ledger_of, snapshot_of
+from .savings import persist as persist_savings
 from .stats import CacheStats
 
-#: One write as backends receive it: (stored key, encoded bytes, TTL seconds or None).
-WriteItem = tuple[str, bytes, float | None]
+logger = logging.getLogger("asynccache")
 
-DEFAULT_MAX_ITEM_SIZE = 16 * 1024 * 1024
-DEFAULT_TIMEOUT = 5.0
+__all__ = [
+    "DEFAULT_CALL_TYPES", "SYNC_TWINS", "BaseCache", "CacheHit",
+]
 
-
-class Backend(abc.ABC):
-    """The contract a storage backend implements: batch primitives on bytes.
-
-    Keys arrive already namespaced and checked; values arrive already encoded. Errors
-    may be raised freely: :class:`~asynccache.guard.GuardedBackend` turns them into misses
-    and failed writes. Single-key calls are batches of one.
-    """
-
-    #: Short name used in stats and logs.
-    name: ClassVar[str] = "backend"
-    #: Whether calls do network I/O (enables timeouts and read coalescing by default).
-    remote: ClassVar[bool] = True
-    #: Largest batch a single primitive call receives.
-    max_batch: ClassVar[int] = 1000
-    #: Whether no primitive ever waits on the event loop (pure in-process work). The
-    #: sync twins of such caches then run in the caller's thread, without the bridge.
-    loop_free: ClassVar[bool] = False
-
-    #: Whether the sync twins may run on the calling thread's own loop (clients kept per
-    #: loop, nothing to keep running between calls); otherwise they use the bridge.
-    sync_on_caller_thread: ClassVar[bool] = False
-
-    #: The cache's clock (seconds since the epoch); set by :class:`BaseCache`.
-    clock: Callable[[], float] = staticmethod(time.time)
-
-    @abc.abstractmethod
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The stored bytes for each key, ``None`` where missing; order kept."""
-
-    @abc.abstractmethod
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
-        """Store every item with its TTL (``None``: no expiry).
-
-        Return ``None`` when all were stored, or one flag per item.
-        """
-
-    @abc.abstractmethod
-    async def delete_many(self, keys: Sequence[str]) -> int:
-        """Delete the keys; return how many existed."""
-
-    @abc.abstractmethod
-    async def clear(self, prefix: str) -> int:
-        """Delete every key that starts with ``prefix`` (``""``: everything); return the count."""
-
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        """Add ``amount`` to a counter stored as a bare JSON number, creating it with ``ttl``.
-
-        The default reads and writes back, which is not atomic across processes;
-        backends with a native atomic increment override it.
-        """
-        current = (await self.get_many([key]))[0]
-        value: float = 0
-        if current is not None:
-            try:
-                decoded = envelope.decode(current).value
-            except envelope.CorruptEntry:
-                decoded = 0
-            value = decoded if isinstance(decoded, int | float) else 0
-        value += amount
-        await self.set_many([(key, orjson.dumps(value), ttl)])
-        return value
-
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
-        """Remaining TTL from the store, or ``NOT_GIVEN`` to read it from the envelope."""
-        return NOT_GIVEN
-
-    async def ping(self) -> None:
-        """Raise if the backend cannot serve requests."""
-        await self.get_many(["asynccache:ping"])
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connections (every loop's)."""
-
-    def describe(self) -> dict[str, Any]:
-        """Non-secret settings for ``repr`` and ``stats()``."""
-        return {}
-
-
-@runtime_checkable
-class SimilaritySearch(Protocol):
-    """Extra primitives of semantic backends (Redis vector search, Qdrant).
-
-    ``request`` is the LLM call's keyword arguments (model, messages, ...). The backend
-    decides what is embedded and what becomes an exact-match filter.
-    """
-
-    async def search_similar(
-        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
-    ) -> tuple[bytes, float, str] | None:
-        """Best match as (stored bytes, cosine similarity 0-1, matched prompt), or None."""
-
-    async def index_similar(
-        self, request: Mapping[str, Any], item: WriteItem, *, prefix: str
-    ) -> None:
-        """Store ``item`` under its exact key and index it for similarity search."""
+#: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
+DEFAULT_CALL_TYPES: tuple[str, ...] = (
+    "completion", "acompletion", "embedding", "aembedding", "transcription", "atranscription",
+    "text_completion", "atext_completion", "rerank", "arerank", "responses", "aresponses",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,25 +154,14 @@ class _ReadCoalescer:
 
 
 class BaseCache:
-    """Template methods over a :class:`Backend`.
+    """Template methods over a :class:`~asynccache.contract.Backend`.
 
-    Settings shared by every backend:
-
-    * ``namespace``: prefix every key (``clear`` of one namespace leaves others intact);
-    * ``ttl``: default TTL in seconds for writes that do not pass one (``None``: never);
-    * ``max_item_size``: largest encoded entry in bytes (larger values raise);
-    * ``timeout``: seconds before a remote operation counts as failed (``None``: none);
-    * ``coalesce_reads``: merge concurrent single gets into one batch get (default: on
-      for remote backends);
-    * ``write_behind`` / ``flush_size`` / ``flush_interval`` / ``max_queue_size`` /
-      ``queue_overflow`` / ``flush_retries``: the write-behind queue (see
-      :class:`~asynccache.flush.FlushQueue`); passing ``flush_size`` turns it on;
-    * ``breaker_threshold`` / ``breaker_cooldown``: the circuit breaker (consecutive
-      failures before it opens; longest pause between its background probes);
-    * ``encryption_keys``: encrypt values at rest with AES-GCM (the first key encrypts,
-      all decrypt); ``compression`` (``"zstd"``, ``"zlib"``, ``"auto"``) with
-      ``compression_min_size``: compress larger values (see :mod:`asynccache.protection`);
-    * ``clock``: seconds since the epoch (inject one in tests).
+    Every cache (memory, disk, Redis, object stores, DualCache, semantic stores and the
+    :class:`~asynccache.Cache` facade) is one of these, so every cache has the key-value
+    API, the LLM API (:meth:`get_cache_key`, :meth:`async_lookup`, :meth:`async_store`,
+    usable by ``cached(fn, cache=...)``), stats and the sync twins. Its settings are a
+    :class:`~asynccache.config.CacheSettings`, passed whole (``cache_settings=``), as
+    keyword arguments, or both (keywords win).
 
     >>> cache = MemoryCache(ttl=60)                      # doctest: +SKIP
     >>> await cache.async_set_cache("k", {"answer": 42})  # doctest: +SKIP
@@ -250,75 +169,97 @@ class BaseCache:
     {'answer': 42}
     """
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        namespace: str | None = None,
-        ttl: float | None = None,
-        max_item_size: int = DEFAULT_MAX_ITEM_SIZE,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        coalesce_reads: bool | None = None,
-        write_behind: bool | None = None,
-        flush_size: int | None = None,
-        flush_interval: float = 0.05,
-        max_queue_size: int = 10_000,
-        queue_overflow: str = "wait",
-        flush_retries: int = 8,
-        breaker_threshold: int = 5,
-        breaker_cooldown: float = DEFAULT_COOLDOWN,
-        encryption_keys: Sequence[bytes | str] | None = None,
-        compression: str | None = None,
-        compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if namespace is not None:
-            namespace_prefix(namespace)  # validates
-        if not isinstance(max_item_size, int) or max_item_size <= 0:
+    def __init__(self, backend: Backend, cache_settings: CacheSettings | None = None,
+                 **options: Any) -> None:
+        settings = CacheSettings.build(options, type(self).__name__, cache_settings)
+        self.cache_settings = settings
+        if settings.namespace is not None:
+            namespace_prefix(settings.namespace)  # validates
+        max_item_size, timeout = settings.max_item_size, settings.timeout
+        if isinstance(max_item_size, bool) or not isinstance(max_item_size, int) \
+                or max_item_size <= 0:
             raise ConfigurationError(f"max_item_size must be a positive int, got {max_item_size!r}")
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
-        self._protection = ValueProtection(encryption_keys, compression, compression_min_size)
+        self._init_llm_settings(settings)
+        self._protection = ValueProtection(
+            settings.encryption_keys, settings.compression, settings.compression_min_size)
+        self._item_limit_note = ""
+        if backend.max_item_size is not None and backend.max_item_size < max_item_size:
+            max_item_size = backend.max_item_size
+            self._item_limit_note = f" ({backend.item_limit_message()})"
         self.backend = backend
-        self.namespace = namespace
-        self.default_ttl = validate_ttl(ttl, "ttl")
+        self.namespace = settings.namespace
+        self.default_ttl = validate_ttl(settings.ttl, "ttl")
         self.max_item_size = max_item_size
-        self.clock = clock
+        self.clock = clock = settings.clock
         backend.clock = clock
         self._stats = CacheStats()
-        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
         self._guard = GuardedBackend(backend, self._stats, timeout=timeout, breaker=self.breaker)
-        coalesce = backend.remote if coalesce_reads is None else coalesce_reads
+        coalesce = backend.remote if settings.coalesce_reads is None else settings.coalesce_reads
         self._coalescer = (
             _ReadCoalescer(self._guard.get_many, backend.max_batch) if coalesce else None
         )
+        write_behind = settings.write_behind
         if write_behind is None:
-            write_behind = flush_size is not None
+            write_behind = settings.flush_size is not None
         self._queue: FlushQueue | None = None
         if write_behind:
             self._queue = FlushQueue(
                 self._guard.set_many, self._stats,
-                flush_size=flush_size or 500, flush_interval=flush_interval,
-                max_size=max_queue_size, overflow=queue_overflow, retries=flush_retries,
+                flush_size=settings.flush_size or 500, flush_interval=settings.flush_interval,
+                max_size=settings.max_queue_size, overflow=settings.queue_overflow,
+                retries=settings.flush_retries,
             )
+            register_exit_hook(self)
             install_sigterm_drain()
         self._closed = False
         self._sync_inline = backend.loop_free and self._queue is None and self._coalescer is None
         self._sync_on_caller_thread = backend.sync_on_caller_thread and self._queue is None
+        # In-process backends with nothing in front of them take the lean path: their
+        # primitives run to completion in the caller (no task, no timeout machinery).
+        self._lean = self._sync_inline
+        if self._lean:
+            self._get_now = sync_primitive(backend, "read_many")
+            self._get_one_now = sync_primitive(backend, "read_one")
+            self._set_one_now = sync_primitive(backend, "write_one")
+            self._set_now = sync_primitive(backend, "write_many")
+
+        self.request_store = _request_store(self, settings.record_requests)
+        self.persist_savings = bool(settings.persist_savings)
+        if self.persist_savings:
+            enable_persistence(self)
+
+    def _init_llm_settings(self, settings: CacheSettings) -> None:
+        try:
+            self.mode = CacheMode(settings.mode)
+        except ValueError:
+            raise ConfigurationError(
+                f"mode must be 'default_on' or 'default_off', got {settings.mode!r}"
+            ) from None
+        call_types = settings.supported_call_types
+        if isinstance(call_types, str):
+            raise ConfigurationError(
+                f"supported_call_types must be a list of call types, got {call_types!r}")
+        self.supported_call_types = tuple(
+            DEFAULT_CALL_TYPES if call_types is None else call_types)
+        self.caching_groups = [tuple(group) for group in settings.caching_groups or ()]
+        if settings.key_function is not None and not callable(settings.key_function):
+            raise ConfigurationError("key_function must be a callable taking the call's kwargs")
+        self.key_function = settings.key_function
+        excluded = settings.excluded_params
+        self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
+        self.sampling = parse_sampling(settings.sampling)
+        self.pool_server = PoolServer(self.sampling.serve)
 
     # -- naming -------------------------------------------------------------------------
 
     def _namespace(self, namespace: str | NotGiven | None) -> str | None:
         return self.namespace if namespace is NOT_GIVEN else namespace
 
-    def _stored_key(self, key: str, namespace: str | None) -> str:
-        key = validate_key(key)
-        if namespace is None:
-            # A namespaced stored key is "<encoded namespace>:<key>" and an encoded
-            # namespace is never empty, so a leading ":" keeps a namespace-less key that
-            # holds a colon ("a:b") from ever meeting key "b" of namespace "a".
-            return ":" + key if ":" in key else key
-        return namespace_prefix(namespace) + key
+    #: The stored key of a key in a namespace (the format lives in :mod:`asynccache.keys`).
+    _stored_key = staticmethod(stored_key)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -335,6 +276,8 @@ class BaseCache:
                 return queued[1]
         if self._coalescer is not None:
             return await self._coalescer.get(stored)
+        if self._lean:
+            return self._guard.run_now("get", self._get_one_now, stored, None)[1]
         return (await self._guard.get_many([stored]))[0]
 
     async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
@@ -356,7 +299,16 @@ class BaseCache:
         step = self.backend.max_batch
         results: list[bytes | None] = []
         for start in range(0, len(keys), step):
-            results.extend(await self._guard.get_many(keys[start : start + step]))
+            chunk = keys[start : start + step]
+            if self._lean:
+                ok, got = self._guard.run_now("get", self._get_now, chunk, None,
+                                              len(chunk))
+                results.extend(got if ok and got is not None and len(got) == len(chunk)
+                               else [None] * len(chunk))
+            else:
+                results.extend(await self._guard.get_many(chunk))
+        if len(missing) == len(stored):
+            return results
         for index, data in zip(missing, results, strict=True):
             found[index] = data
         return found
@@ -392,8 +344,76 @@ class BaseCache:
                 hits += 1
                 size += len(data)
                 entries.append(entry)
-        self._stats.record_reads(hits, len(entries) - hits, size, corrupt, expired, namespace)
+        self._count_reads(namespace, hits, len(entries) - hits, size, corrupt, expired)
         return entries
+
+    def _count_reads(self, namespace: str | None, hits: int, misses: int, size: int,
+                     corrupt: int, expired: int) -> None:
+        tally = self._stats.tally(namespace)
+        tally.hits += hits
+        tally.misses += misses
+        tally.bytes_read += size
+        if corrupt:
+            tally.corrupt_entries += corrupt
+        if expired:
+            tally.expired += expired
+
+    def _decode_values(self, found: Sequence[bytes | None], namespace: str | None,
+                       max_age: float | None) -> list[Any]:
+        """Like :meth:`_decode_many` for callers that want values only (no Entry built)."""
+        values: list[Any] = []
+        append = values.append
+        hits = corrupt = expired = size = 0
+        now = self.clock()
+        decode_live, protection = envelope.decode_live, self._protection
+        expired_mark, too_old = envelope.EXPIRED, envelope.TOO_OLD
+        for data in found:
+            if data is None:
+                append(None)
+                continue
+            try:
+                value = decode_live(data, now, max_age, protection)
+            except envelope.CorruptEntry:
+                corrupt += 1
+                append(None)
+                continue
+            if value is expired_mark:
+                expired += 1
+                append(None)
+            elif value is too_old:
+                append(None)
+            else:
+                hits += 1
+                size += len(data)
+                append(value)
+        self._count_reads(namespace, hits, len(values) - hits, size, corrupt, expired)
+        return values
+
+    def _value_now(self, key: str, namespace: str | NotGiven | None,
+                   max_age: float | None) -> Any:
+        # The whole get of a lean (in-process) cache, without a single await.
+        if self._closed:
+            self._check_open()
+        ns = self.namespace if namespace is NOT_GIVEN else namespace
+        data = self._guard.run_now("get", self._get_one_now, self._stored_key(key, ns), None)[1]
+        tally = self._stats.tally(ns)
+        if data is None:
+            tally.misses += 1
+            return None
+        try:
+            value = envelope.decode_live(data, self.clock(), max_age, self._protection)
+        except envelope.CorruptEntry:
+            tally.misses += 1
+            tally.corrupt_entries += 1
+            return None
+        if value is envelope.EXPIRED or value is envelope.TOO_OLD:
+            tally.misses += 1
+            if value is envelope.EXPIRED:
+                tally.expired += 1
+            return None
+        tally.hits += 1
+        tally.bytes_read += len(data)
+        return value
 
     def _to_hit(self, stored_key: str, data: bytes | None, namespace: str | None,
                 max_age: float | None, now: float) -> CacheHit | None:
@@ -421,11 +441,12 @@ class BaseCache:
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
                          max_age: float | None) -> Any:
         # The hot path of async_get_cache: no CacheHit is built for a plain value.
+        if self._lean:
+            return self._value_now(key, namespace, max_age)
         self._check_open()
         ns = self._namespace(namespace)
         data = await self._read_one(self._stored_key(key, ns))
-        entry = self._decode_many((data,), ns, max_age, self.clock())[0]
-        return None if entry is None else entry.value
+        return self._decode_values((data,), ns, max_age)[0]
 
     async def async_get_cache(
         self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
@@ -459,9 +480,9 @@ class BaseCache:
         """One value (or ``None``) per key, order kept, in one batch read (one ``MGET``)."""
         self._check_open()
         ns = self._namespace(namespace)
-        found = await self._read_many([self._stored_key(key, ns) for key in keys])
-        entries = self._decode_many(found, ns, max_age, self.clock())
-        return [None if entry is None else entry.value for entry in entries]
+        stored_key = self._stored_key
+        found = await self._read_many([stored_key(key, ns) for key in keys])
+        return self._decode_values(found, ns, max_age)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -474,12 +495,14 @@ class BaseCache:
         if len(data) > self.max_item_size:
             raise ItemTooLargeError(
                 f"value for key {key[:200]!r} is {len(data)} bytes encoded, over "
-                f"max_item_size={self.max_item_size}"
+                f"max_item_size={self.max_item_size}{self._item_limit_note}"
             )
         return stored, data, seconds
 
     async def _write(self, items: Sequence[WriteItem], namespace: str | None) -> list[bool]:
-        self._stats.add("bytes_written", sum(len(item[1]) for item in items))
+        if self._lean:
+            return self._write_now(items, namespace)
+        written = sum(len(item[1]) for item in items)
         if self._queue is not None:
             results = await self._queue.put_many(items)
         else:
@@ -487,11 +510,43 @@ class BaseCache:
             step = self.backend.max_batch
             for start in range(0, len(items), step):
                 results.extend(await self._guard.set_many(items[start : start + step]))
-        stored = sum(results)
-        self._stats.add("sets", stored, namespace=namespace)
-        if stored < len(results):
-            self._stats.add("set_failures", len(results) - stored)
+        self._count_writes(namespace, results, written)
         return results
+
+    def _write_now(self, items: Sequence[WriteItem], namespace: str | None) -> list[bool]:
+        # The lean path of in-process backends: the primitive runs in the caller.
+        if len(items) == 1:
+            item = items[0]
+            ok, stored = self._guard.run_now("set", self._set_one_now, item, False)
+            tally = self._stats.tally(namespace)
+            tally.bytes_written += len(item[1])
+            if ok and stored:
+                tally.sets += 1
+                return [True]
+            tally.set_failures += 1
+            return [False]
+        step = self.backend.max_batch
+        results: list[bool] = []
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step] if len(items) > step else items
+            ok, outcome = self._guard.run_now("set", self._set_now, chunk, None,
+                                              len(chunk))
+            if not ok:
+                results.extend([False] * len(chunk))
+            elif outcome is None:
+                results.extend([True] * len(chunk))
+            else:
+                results.extend(outcome)
+        self._count_writes(namespace, results, sum(len(item[1]) for item in items))
+        return results
+
+    def _count_writes(self, namespace: str | None, results: list[bool], written: int) -> None:
+        stored = sum(results)
+        tally = self._stats.tally(namespace)
+        tally.bytes_written += written
+        tally.sets += stored
+        if stored < len(results):
+            tally.set_failures += len(results) - stored
 
     async def async_set_cache(
         self, key: str, value: Any, *, ttl: float | NotGiven | None = NOT_GIVEN,
@@ -538,25 +593,213 @@ class BaseCache:
         return await self._write(encoded, ns)
 
     async def async_increment(
-        self, key: str, amount: float = 1, *, ttl: float | NotGiven | None = NOT_GIVEN,
+        self, key: str, amount: int | float = 1, *, ttl: float | NotGiven | None = NOT_GIVEN,
         namespace: str | NotGiven | None = NOT_GIVEN,
-    ) -> float | None:
+    ) -> int | float | None:
         """Add ``amount`` to a counter (created at 0 with ``ttl``); the new value or ``None``.
 
-        ``None`` means the backend failed (the failure is counted and logged).
+        The value is an ``int`` when whole, else a ``float``, on every backend. ``None``
+        means the backend failed (the failure is counted and logged).
         """
         self._check_open()
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
-            raise ConfigurationError(f"amount must be a number, got {amount!r}")
+        if not envelope.is_counter_value(amount):
+            raise ConfigurationError(f"amount must be an int or a float, got {amount!r}")
         ns = self._namespace(namespace)
-        stored = self._stored_key(key, ns)
-        seconds = resolve_ttl(ttl, self.default_ttl)
+        return await self.increment_stored(self._stored_key(key, ns), amount,
+                                           resolve_ttl(ttl, self.default_ttl))
+
+    # -- stored-key access (for caches built on caches, such as DualCache) ------------
+
+    async def read_stored(self, stored: Sequence[str]) -> list[bytes | None]:
+        """The stored bytes of already-namespaced keys (queued writes first), in batches."""
+        self._check_open()
+        return await self._read_many(stored)
+
+    async def write_stored(self, items: Sequence[WriteItem]) -> list[bool]:
+        """Write already-encoded items (through the write-behind queue when on)."""
+        self._check_open()
+        return await self._write(items, None)
+
+    async def delete_stored(self, stored: Sequence[str]) -> int:
+        """Delete already-namespaced keys; return how many existed."""
+        self._check_open()
+        return await self._delete_stored(stored)
+
+    async def clear_stored_prefix(self, prefix: str) -> int:
+        """Delete every stored key starting with ``prefix``; return the count."""
+        self._check_open()
+        return await self._clear_prefix(prefix)
+
+    async def increment_stored(self, stored: str, amount: int | float,
+                               ttl: float | None) -> int | float | None:
+        """Add to the counter at an already-namespaced key; ``None`` if the backend failed."""
+        self._check_open()
         if self._queue is not None:
             await self._queue.forget([stored])
-        result: float | None = await self._guard.call(
-            "increment", lambda: self.backend.increment(stored, amount, seconds), None
+        result: int | float | None = await self._guard.call(
+            "increment", lambda: self.backend.increment_counter(stored, amount, ttl), None
         )
-        return result
+        return None if result is None else envelope.counter_number(result)
+
+    # -- LLM calls ----------------------------------------------------------------------
+
+    def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
+        """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
+
+        Argument and dict order never change it; credentials and transport settings are
+        left out. A ``cache_key=`` argument is returned as it is (a preset key), and a
+        ``key_function`` setting replaces the default.
+        """
+        preset = call_kwargs.get("cache_key")
+        if isinstance(preset, str) and preset:
+            return preset
+        if self.key_function is not None:
+            return self.key_function(*args, **call_kwargs)
+        if args:
+            raise ConfigurationError("get_cache_key takes the call's keyword arguments only")
+        return request_key(call_kwargs, caching_groups=self.caching_groups,
+                           excluded=self.excluded_params)
+
+    def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
+        """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
+        return parse_controls(controls)
+
+    def caches_call_type(self, call_type: str) -> bool:
+        """Whether calls of ``call_type`` are cached."""
+        return call_type in self.supported_call_types
+
+    async def async_lookup(
+        self, call_kwargs: Mapping[str, Any], *, controls: CacheControls | None = None,
+        key: str | None = None,
+    ) -> CacheHit | None:
+        """Look an LLM request up: exact key first, then similarity where the backend has it.
+
+        Honours the ``no-cache``, ``s-maxage``, ``namespace`` and ``use-cache`` controls
+        and the cache ``mode``. Never raises for backend failures (a failure is a miss).
+        """
+        controls = controls or DEFAULT_CONTROLS
+        if not controls.reads(self.mode):
+            return None
+        key = key or self.get_cache_key(**call_kwargs)
+        namespace = controls.namespace
+        hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if hit is None and self.request_store is not None:
+            await check_replay_miss(self, call_kwargs, key, namespace)
+        backend = self.backend
+        if hit is not None or not isinstance(backend, SimilaritySearch):
+            return hit
+        ns = self._namespace(namespace)
+        request = self._similarity_request(call_kwargs)
+        found = await self._guard.call(
+            "search_similar",
+            lambda: backend.search_similar(
+                request, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        data, similarity, matched_prompt = found
+        if not await backend.verify_similar(request, matched_prompt, similarity):
+            return None
+        semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
+                                    self.clock())
+        if semantic_hit is None:
+            return None
+        return dataclasses.replace(semantic_hit, similarity=similarity,
+                                   matched_prompt=matched_prompt)
+
+    def _similarity_request(self, call_kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The request as the similarity side sees it: grouped models under one name, so
+        they share semantic entries as they share exact ones."""
+        model = call_kwargs.get("model")
+        grouped = group_model(model, self.caching_groups)
+        return call_kwargs if grouped == model else {**call_kwargs, "model": grouped}
+
+    async def async_store(
+        self, call_kwargs: Mapping[str, Any], value: Any, *,
+        controls: CacheControls | None = None, key: str | None = None,
+    ) -> bool:
+        """Store the answer to an LLM request (and index it where the backend searches).
+
+        Honours ``no-store``, ``ttl``, ``namespace`` and the cache ``mode``; returns
+        whether it was stored. ``value`` may be a pydantic model (a LiteLLM
+        ``ModelResponse``): it is stored as its JSON form. Unserializable values raise;
+        backend failures return False.
+        """
+        controls = controls or DEFAULT_CONTROLS
+        if not controls.writes(self.mode):
+            return False
+        self._check_open()
+        key = key or self.get_cache_key(**call_kwargs)
+        ns = self._namespace(controls.namespace)
+        item = self._encode(key, value, controls.ttl, ns, self.clock())
+        if self.request_store is not None:
+            await remember_requests(self, [(key, call_kwargs)], ns)
+        backend = self.backend
+        if not isinstance(backend, SimilaritySearch):
+            return (await self._write([item], ns))[0]
+        request = self._similarity_request(call_kwargs)
+        ok = await self._guard.call(
+            "index_similar",
+            lambda: _index(backend, request, item, namespace_prefix(ns)),
+            False,
+        )
+        self._stats.add("sets" if ok else "set_failures", namespace=ns)
+        return ok
+
+    async def async_explain_miss(
+        self, call_kwargs: Mapping[str, Any], *, namespace: str | NotGiven | None = NOT_GIVEN,
+    ) -> MissExplanation:
+        """Why ``call_kwargs`` has (or has no) stored answer: the nearest stored request and
+        the fields that differ. ``str()`` of the result is a readable report.
+
+        Needs stored requests: a cassette, or a cache made with ``record_requests=True``.
+        """
+        return await explain(self, call_kwargs, namespace=namespace)
+
+    # -- the lease capability (cross-process single-flight) ----------------------------
+
+    @property
+    def supports_lease(self) -> bool:
+        """Whether the backend can hold a cross-process lease (:class:`LeaseSupport`)."""
+        return isinstance(self.backend, LeaseSupport)
+
+    def _lease_backend(self) -> LeaseSupport:
+        backend = self.backend
+        if not isinstance(backend, LeaseSupport):
+            raise ConfigurationError(f"the {backend.name} backend cannot hold a lease")
+        return backend
+
+    async def async_acquire_lease(
+        self, key: str, ttl: float, *, namespace: str | NotGiven | None = NOT_GIVEN
+    ) -> str | None:
+        """Take the lease on ``key`` for ``ttl`` seconds: a token if it is now ours, else None.
+
+        Goes through the guard like every backend call; a store failure raises
+        :class:`~asynccache.exceptions.BackendError` (the caller proceeds without a lease).
+        """
+        self._check_open()
+        backend = self._lease_backend()
+        stored = lease_key(key, self._namespace(namespace))
+        token = uuid.uuid4().hex
+        won = await self._guard.call(
+            "lease", lambda: backend.acquire_lease(stored, token, validate_ttl(ttl) or 1.0),
+            None)
+        if won is None:
+            raise BackendError(f"the {self.backend.name} backend could not take the lease")
+        return token if won else None
+
+    async def async_release_lease(
+        self, key: str, token: str, *, namespace: str | NotGiven | None = NOT_GIVEN
+    ) -> bool:
+        """Give the lease on ``key`` up if ``token`` still holds it; whether it was released."""
+        self._check_open()
+        backend = self._lease_backend()
+        stored = lease_key(key, self._namespace(namespace))
+        released: bool = await self._guard.call(
+            "lease", lambda: backend.release_lease(stored, token), False)
+        return released
 
     # -- deletes, TTL, clear ------------------------------------------------------------
 
@@ -605,7 +848,7 @@ class BaseCache:
         stored = self._stored_key(key, ns)
         queued = self._queue.lookup(stored) if self._queue is not None else None
         native = NOT_GIVEN if queued is not None else await self._guard.call(
-            "get_ttl", lambda: self.backend.get_ttl(stored), None
+            "get_ttl", lambda: self.backend.stored_ttl(stored), None
         )
         if native is not NOT_GIVEN:
             return native
@@ -662,17 +905,20 @@ class BaseCache:
     async def _probe(self) -> None:
         # Straight to the backend: a health check is neither counted in stats nor
         # allowed to trip the circuit breaker.
-        await self.backend.ping()
+        await self.backend.check_health()
         probe = self._stored_key(f"asynccache-probe-{os.getpid()}-{id(self):x}", self.namespace)
         data = envelope.encode(True, self.clock(), self.clock() + 30)
-        flags = await self.backend.set_many([(probe, data, 30.0)])
+        flags = await self.backend.write_many([(probe, data, 30.0)])
         if flags is not None and not all(flags):
             raise CacheConnectionError(f"{self.backend.name} backend refused a probe write")
-        await self.backend.get_many([probe])
-        await self.backend.delete_many([probe])
+        await self.backend.read_many([probe])
+        await self.backend.remove_many([probe])
 
     async def async_flush(self) -> None:
-        """Wait until every queued write-behind entry has been sent."""
+        """Wait until every queued write-behind entry (and, with ``persist_savings``, the
+        savings totals) has been sent."""
+        if self.persist_savings and not self._closed:
+            await self._persist_savings()
         if self._queue is not None:
             await self._queue.drain()
 
@@ -680,17 +926,25 @@ class BaseCache:
         """Drain queued writes, then close the backend's clients. Safe to call twice."""
         if self._closed:
             return
+        if self.persist_savings:
+            await self._persist_savings()
         self._closed = True
         if self._queue is not None:
             await self._queue.stop()
         await self.backend.aclose()
+
+    async def _persist_savings(self) -> None:
+        try:
+            await persist_savings(self)
+        except Exception:  # statistics never break a flush or a close
+            logger.warning("asynccache: storing the savings totals failed", exc_info=True)
 
     async def disconnect(self) -> None:
         """Alias of :meth:`aclose` (LiteLLM's name)."""
         await self.aclose()
 
     async def drain_at_exit(self) -> None:
-        """Send what is still queued (the queue itself is drained at interpreter exit)."""
+        """Called by the bridge at interpreter exit: send what is still queued."""
         if self._queue is not None and len(self._queue):
             await self._queue.drain()
 
@@ -716,13 +970,26 @@ class BaseCache:
         return 0 if self._queue is None else len(self._queue)
 
     def stats(self) -> dict[str, Any]:
-        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state."""
-        return {**self._stats.snapshot(), **self._guard.describe(),
-                "queued_writes": self.queued_writes}
+        """Counters (hits, misses, sets, errors, bytes...), per namespace and backend state.
+
+        Backends add their own events under ``backend_counters``; caches on a semantic
+        store add ``semantic``: candidates the vector search found, how many were served,
+        and rejections by reason. ``saved``: what LLM hits saved (tokens, USD, upstream
+        seconds) per model and namespace (see :mod:`asynccache.savings`).
+        """
+        stats = {**self._stats.snapshot(), **self._guard.describe(),
+                 "queued_writes": self.queued_writes, "saved": snapshot_of(self),
+                 "backend_counters": dict(self.backend.counters())}
+        if isinstance(self.backend, SimilaritySearch):
+            stats["semantic"] = self.backend.similarity_stats()
+        return stats
 
     def reset_stats(self) -> None:
-        """Set every counter back to zero."""
+        """Set every counter (semantic verification included) back to zero."""
         self._stats.reset()
+        if isinstance(self.backend, SimilaritySearch):
+            self.backend.reset_similarity_stats()
+        ledger_of(self).reset()
 
     def __repr__(self) -> str:
         described = {**self.backend.describe(), **self._protection.describe()}
@@ -733,6 +1000,8 @@ class BaseCache:
 
     # -- sync twins (generated, never hand-written) -------------------------------------
 
+    lookup = sync_twin(async_lookup)
+    store = sync_twin(async_store)
     get_cache = sync_twin(async_get_cache)
     get_entry = sync_twin(async_get_entry)
     batch_get_cache = sync_twin(async_batch_get_cache)
@@ -746,8 +1015,23 @@ class BaseCache:
     get_ttl = sync_twin(async_get_ttl)
     ping = sync_twin(async_ping)
     test_connection = sync_twin(async_test_connection)
+    explain_miss = sync_twin(async_explain_miss)
     flush = sync_twin(async_flush)
     close = sync_twin(aclose)
+
+
+def _request_store(cache: BaseCache, record_requests: bool | int) -> RequestStore | None:
+    if isinstance(cache.backend, RequestStore):
+        return cache.backend
+    if record_requests is False:
+        return None
+    return RequestLog(cache, 256 if record_requests is True else record_requests)
+
+
+async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,
+                 prefix: str) -> bool:
+    await backend.index_similar(call_kwargs, item, prefix=prefix)
+    return True
 
 
 #: The async methods that have a generated sync twin, by twin name.

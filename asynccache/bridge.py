@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from .exceptions import BridgeError
+from .exceptions import BridgeError, CacheTimeoutError
 from .lifecycle import at_loop_end, at_process_exit, keep_inherited, process_generation
 
 logger = logging.getLogger("asynccache.bridge")
@@ -171,7 +171,8 @@ class _Bridge:
                         "the call was abandoned"
                     )
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"asynccache sync call did not finish within {limit} s")
+                    raise CacheTimeoutError(
+                        f"asynccache sync call did not finish within {limit} s")
         except BaseException:
             # Ctrl-C, a timeout or any other interruption: cancel the task on the loop.
             call.abandoned = True

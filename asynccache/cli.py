@@ -1,4 +1,5 @@
-"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect.
+"""The ``asynccache`` command: demo, bench, stats, ping, clear, inspect, explain,
+calibrate.
 
 Caches are configured like :class:`~asynccache.Cache`: ``--type`` (default
 ``$ASYNCCACHE_TYPE`` or ``local``), ``--namespace`` (default ``$ASYNCCACHE_NAMESPACE``)
@@ -30,6 +31,10 @@ from typing import IO, Any
 from .exceptions import CacheError
 from .keys import namespace_prefix
 
+__all__ = [
+    "build_cache", "build_parser", "find_benchmarks", "main", "parse_setting",
+]
+
 EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE = 0, 1, 2
 
 
@@ -51,8 +56,10 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cache (as Cache(type=..., **settings))")
+    from .registry import cache_types
+
     group.add_argument("--type", default=os.environ.get("ASYNCCACHE_TYPE") or "local",
-                       help="cache type: local, disk, redis, s3, gcs, azure_blob... "
+                       help=f"cache type: {', '.join(cache_types())} "
                             "(default: $ASYNCCACHE_TYPE or local)")
     group.add_argument("--namespace", default=os.environ.get("ASYNCCACHE_NAMESPACE") or None,
                        help="key namespace (default: $ASYNCCACHE_NAMESPACE or none)")
@@ -134,10 +141,18 @@ async def _cmd_stats(args: argparse.Namespace, out: IO[str], err: IO[str]) -> in
         else:
             data.update(await _backend_info(cache))
         data["settings"] = cache.settings()
+        if data["status"] == "healthy":
+            from .savings import stored_savings
+
+            # Totals written by caches created with persist_savings=True (every process).
+            stored = await stored_savings(cache, cache.namespace)
+            if stored["hits"]:
+                data["saved"] = stored
         # This process's counters: a fresh CLI process has done only the ping above.
         data["process_stats"] = {
             key: value for key, value in cache.stats().items()
-            if key in {"hits", "misses", "sets", "errors", "timeouts", "circuit", "latency"}
+            if key in {"hits", "misses", "sets", "errors", "timeouts", "circuit", "latency",
+                       "saved"}
         }
         _emit(out, data, args.json)
         return EXIT_OK if data["status"] == "healthy" else EXIT_NEGATIVE
@@ -184,7 +199,7 @@ async def _cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> 
         if hit is None:
             _emit(out, {"key": args.key, "found": False}, args.json)
             return EXIT_NEGATIVE
-        raw = (await cache.backend.get_many([stored]))[0]
+        raw = (await cache.backend.read_many([stored]))[0]
         ttl = await cache.async_get_ttl(args.key)
         text = json.dumps(hit.value, indent=None if args.json else 2, default=str,
                           ensure_ascii=False)
@@ -209,11 +224,51 @@ async def _cmd_inspect(args: argparse.Namespace, out: IO[str], err: IO[str]) -> 
         await cache.aclose()
 
 
+def _read_request(source: str, stdin: IO[str]) -> dict[str, Any]:
+    text = stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        request = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the request in {source!r} is not JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise ValueError(f"the request in {source!r} must be a JSON object of the call's "
+                         f"arguments (model, messages...), got {type(request).__name__}")
+    return request
+
+
+async def _cmd_explain(args: argparse.Namespace, out: IO[str], err: IO[str],
+                       stdin: IO[str]) -> int:
+    request = _read_request(args.request, stdin)
+    cache = build_cache(args)
+    try:
+        explanation = await cache.async_explain_miss(request)
+        if args.json:
+            _emit(out, {
+                "found": explanation.found, "key": explanation.key,
+                "recorded": explanation.recorded,
+                "nearest_key": None if explanation.nearest is None else explanation.nearest.key,
+                "differences": [{"field": d.path, "recorded": _plain(d.recorded),
+                                 "requested": _plain(d.requested)}
+                                for d in explanation.differences],
+            }, True)
+        else:
+            out.write(str(explanation) + "\n")
+        return EXIT_OK if explanation.found else EXIT_NEGATIVE
+    finally:
+        await cache.aclose()
+
+
+def _plain(value: Any) -> Any:
+    from .recording import ABSENT
+
+    return None if value is ABSENT else value
+
+
 def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     from .demo import format_report, run_demo
 
     report = asyncio.run(run_demo(args.calls, args.seed, concurrency=args.concurrency,
-                                  use_wrapper=not args.no_wrapper))
+                                  use_wrapper=not args.no_wrapper, sampling=args.sampling))
     if args.json:
         _emit(out, {**vars(report), "hit_rate": report.hit_rate, "speedup": report.speedup},
               True)
@@ -245,6 +300,30 @@ def find_benchmarks(start: Path | None = None, explicit: str | None = None,
         if (root / "benchmarks" / "run.py").is_file():
             return root
     return None
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.8,0.85,0.9, got {text!r}"
+        ) from None
+
+
+async def _cmd_calibrate(args: argparse.Namespace, out: IO[str]) -> int:
+    from .semantic.calibrate import async_calibrate
+
+    report = await async_calibrate(
+        args.pairs, embedding=args.embedding, embed_what=args.embed_what,
+        semantic_guard=not args.no_guard, target_precision=args.target_precision,
+        thresholds=args.thresholds, split=args.split, kinds=args.kind,
+    )
+    if args.json:
+        out.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    else:
+        out.write(report.format() + "\n")
+    return EXIT_OK if report.recommended is not None else EXIT_NEGATIVE
 
 
 def _cmd_bench(argv: Sequence[str], out: IO[str], err: IO[str]) -> int:
@@ -292,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=8, help="calls in flight (8)")
     demo.add_argument("--no-wrapper", action="store_true",
                       help="use Cache.async_lookup/async_store instead of cached()")
+    demo.add_argument("--sampling", choices=("cache", "skip", "pool"), default="cache",
+                      help="policy for the requests sent with temperature > 0 (cache)")
     demo.add_argument("--json", action="store_true", help="print JSON")
 
     commands.add_parser(
@@ -315,6 +396,35 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--full", action="store_true", help="print the whole value")
     inspect.add_argument("--max-chars", type=int, default=2000,
                          help="truncate the printed value (2000)")
+
+    explain = commands.add_parser(
+        "explain", help="why a request misses: the nearest stored request and what differs "
+                        "(cassettes, or caches with record_requests=true)")
+    explain.add_argument("request", help="a JSON file of the call's arguments, or - for stdin")
+    _add_cache_options(explain)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="precision and recall per similarity threshold on labelled pairs",
+        description="Score labelled pairs (JSON or JSON Lines: a, b, same) as a semantic "
+                    "cache would, guard included, and recommend a similarity_threshold. "
+                    "Exit 0 with a recommendation, 1 when no threshold reaches the target.",
+    )
+    calibrate.add_argument("pairs", help="file of labelled pairs (JSON or JSON Lines)")
+    calibrate.add_argument("--target-precision", type=float, default=0.99,
+                           help="precision the recommended threshold must reach (0.99)")
+    calibrate.add_argument("--embedding", default="local",
+                           help="'local' (default) or an embedding model name")
+    calibrate.add_argument("--embed-what", default="last_user_message",
+                           help="which text is embedded, as the cache setting")
+    calibrate.add_argument("--no-guard", action="store_true",
+                           help="score the embedding alone, without the semantic guard")
+    calibrate.add_argument("--split", choices=["dev", "test"],
+                           help="use only the pairs of this split")
+    calibrate.add_argument("--kind", action="append", default=None,
+                           help="use only pairs of this kind (repeatable)")
+    calibrate.add_argument("--thresholds", type=_thresholds, default=None,
+                           help="comma-separated thresholds (default 0.50 to 0.99 by 0.01)")
+    calibrate.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -345,7 +455,11 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None,
             return asyncio.run(_cmd_clear(args, out, err, inp))
         if args.command == "inspect":
             return asyncio.run(_cmd_inspect(args, out, err))
-    except (CacheError, ValueError, TypeError) as exc:
+        if args.command == "explain":
+            return asyncio.run(_cmd_explain(args, out, err, inp))
+        if args.command == "calibrate":
+            return asyncio.run(_cmd_calibrate(args, out))
+    except (CacheError, ValueError, TypeError, OSError) as exc:
         err.write(f"asynccache {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

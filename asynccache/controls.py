@@ -25,6 +25,10 @@ from typing import Any
 from .config import NOT_GIVEN, NotGiven, validate_ttl
 from .exceptions import ConfigurationError
 
+__all__ = [
+    "DEFAULT_CONTROLS", "CacheControls", "CacheMode", "parse_controls", "validate_threshold",
+]
+
 
 class CacheMode(str, enum.Enum):
     """Whether calls use the cache unless told not to (``default_on``) or only when asked."""

@@ -27,7 +27,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exceptions import ConfigurationError
 from .facade import Cache
+from .sampling import is_sampling
+
+__all__ = [
+    "QUESTIONS", "SYSTEM_PROMPT", "DemoReport", "FakeModel", "build_workload", "format_report",
+    "run_demo",
+]
 
 SYSTEM_PROMPT = "You are a concise, friendly assistant for an online bookshop."
 
@@ -81,6 +88,9 @@ class DemoReport:
     answers_match: bool
     via: str
     cache_stats: dict[str, Any] = field(default_factory=dict)
+    sampling: str = "cache"
+    sampled_calls: int = 0
+    sampled_hits: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -105,7 +115,7 @@ class FakeModel:
     def __init__(self, *, seed: int = 0, min_latency: float = 0.05,
                  max_latency: float = 0.3) -> None:
         if min_latency < 0 or max_latency < min_latency:
-            raise ValueError(
+            raise ConfigurationError(
                 f"need 0 <= min_latency <= max_latency, got {min_latency!r}, {max_latency!r}"
             )
         self.seed = seed
@@ -154,7 +164,7 @@ class FakeModel:
 def build_workload(calls: int, seed: int) -> list[dict[str, Any]]:
     """``calls`` chat requests: popular questions repeat, wording and temperature vary."""
     if calls <= 0:
-        raise ValueError(f"calls must be > 0, got {calls!r}")
+        raise ConfigurationError(f"calls must be > 0, got {calls!r}")
     rng = random.Random(seed)
     weights = [1 / (rank + 1) ** 1.1 for rank in range(len(QUESTIONS))]
     requests: list[dict[str, Any]] = []
@@ -244,34 +254,36 @@ def _wrapper_factory() -> Callable[..., Any] | None:
 
 async def run_demo(calls: int = 120, seed: int = 7, *, concurrency: int = 8,
                    min_latency: float = 0.05, max_latency: float = 0.3,
-                   use_wrapper: bool = True) -> DemoReport:
+                   use_wrapper: bool = True, sampling: str = "cache") -> DemoReport:
     """Run the workload without, then with, the cache; return the figures.
 
     With ``use_wrapper`` (and :mod:`asynccache.integrations.wrappers` available) the
     model goes through ``cached(...)``, which also merges identical in-flight calls;
     otherwise through :meth:`Cache.async_lookup` / :meth:`Cache.async_store`.
+    ``sampling`` is the cache's policy for the requests sent with ``temperature=0.7``
+    (see :mod:`asynccache.sampling`; the wrapper applies it).
     """
     if concurrency <= 0:
-        raise ValueError(f"concurrency must be > 0, got {concurrency!r}")
+        raise ConfigurationError(f"concurrency must be > 0, got {concurrency!r}")
     return await asyncio.to_thread(_simulate, calls, seed, concurrency, min_latency,
-                                   max_latency, use_wrapper)
+                                   max_latency, use_wrapper, sampling)
 
 
 def _simulate(calls: int, seed: int, concurrency: int, min_latency: float,
-              max_latency: float, use_wrapper: bool) -> DemoReport:
+              max_latency: float, use_wrapper: bool, sampling: str) -> DemoReport:
     loop = _SimulatedTimeLoop()
     try:
         return loop.run_until_complete(_both_passes(calls, seed, concurrency, min_latency,
-                                                    max_latency, use_wrapper))
+                                                    max_latency, use_wrapper, sampling))
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
 async def _both_passes(calls: int, seed: int, concurrency: int, min_latency: float,
-                       max_latency: float, use_wrapper: bool) -> DemoReport:
+                       max_latency: float, use_wrapper: bool, sampling: str) -> DemoReport:
     requests = build_workload(calls, seed)
-    cache = Cache(ttl=3600)
+    cache = Cache(ttl=3600, sampling=sampling)
     distinct = len({cache.get_cache_key(**r) for r in requests})
 
     direct = FakeModel(seed=seed, min_latency=min_latency, max_latency=max_latency)
@@ -279,7 +291,7 @@ async def _both_passes(calls: int, seed: int, concurrency: int, min_latency: flo
                                         lambda r: direct.acompletion(**r))
 
     model = FakeModel(seed=seed, min_latency=min_latency, max_latency=max_latency)
-    hits = coalesced = 0
+    hits = coalesced = sampled_hits = 0
     cached = _wrapper_factory() if use_wrapper else None
     if cached is not None:
         from .integrations.responses import cache_info
@@ -288,11 +300,12 @@ async def _both_passes(calls: int, seed: int, concurrency: int, min_latency: flo
         wrapped = cached(model.acompletion, cache=cache)
 
         async def through_cache(request: dict[str, Any]) -> Any:
-            nonlocal hits, coalesced
+            nonlocal hits, coalesced, sampled_hits
             result = await wrapped(**request)
             info = cache_info(result)
             if info is not None and info.cache_hit:
                 hits += 1
+                sampled_hits += is_sampling(request)
             elif info is not None and info.coalesced:
                 coalesced += 1
             return result
@@ -315,6 +328,7 @@ async def _both_passes(calls: int, seed: int, concurrency: int, min_latency: flo
             _content(answer) == _content(model.answer(r["model"], r["messages"],
                                                       r["temperature"]))
             for answer, r in zip(answers, requests, strict=True)
+            if not is_sampling(r) or sampling == "cache"
         )
         stats = cache.stats()
     finally:
@@ -325,7 +339,8 @@ async def _both_passes(calls: int, seed: int, concurrency: int, min_latency: flo
         seconds_without_cache=seconds_without, seconds_with_cache=seconds_with,
         model_calls_without_cache=direct.calls, model_calls_with_cache=model.calls,
         hits=hits, coalesced=coalesced, misses=calls - hits - coalesced,
-        answers_match=answers_match, via=via, cache_stats=stats,
+        answers_match=answers_match, via=via, cache_stats=stats, sampling=sampling,
+        sampled_calls=sum(is_sampling(r) for r in requests), sampled_hits=sampled_hits,
     )
 
 
@@ -364,6 +379,34 @@ def format_report(report: DemoReport) -> str:
         lines.append("")
         lines.append(f"cache get latency (cache.stats()): p50 {get['p50_ms']:.3f} ms, "
                      f"p99 {get['p99_ms']:.3f} ms over {get['count']} reads")
+    lines += _savings_lines(report.cache_stats.get("saved") or {})
+    lines.append(_sampling_line(report))
     lines.append("every answer from the cache matched the model's: "
                  + ("yes" if report.answers_match else "NO"))
     return "\n".join(lines)
+
+
+def _savings_lines(saved: dict[str, Any]) -> list[str]:
+    if not saved.get("hits"):
+        return []
+    cost = saved.get("cost_usd")
+    price = (f"${cost:.4f} at list prices ({', '.join(saved.get('price_sources') or [])})"
+             if cost is not None else "price unknown for this model")
+    if cost is not None and saved.get("unpriced_hits"):
+        price += f", plus {saved['unpriced_hits']} hits of models with no known price"
+    return ["", f"saved by {saved['hits']} cache hits (cache.stats()['saved']): "
+                f"{saved['total_tokens']:,} tokens, {price}, "
+                f"{saved['upstream_seconds']:.1f} s of model time"]
+
+
+def _sampling_line(report: DemoReport) -> str:
+    calls, hits = report.sampled_calls, report.sampled_hits
+    if report.sampling == "cache":
+        return (f"sampling policy 'cache' (the default): {calls} calls asked for "
+                f"temperature 0.7 and {hits} were answered from the cache like any other "
+                "(--sampling pool keeps several distinct samples instead)")
+    if report.sampling == "skip":
+        return (f"sampling policy 'skip': the {calls} calls with temperature 0.7 all went "
+                "to the model and none were stored")
+    return (f"sampling policy 'pool': {calls} calls with temperature 0.7, {hits} served from "
+            "pools of distinct samples (5 per request), the rest filled the pools")

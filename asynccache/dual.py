@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from . import envelope
-from .base import Backend, BaseCache, WriteItem
+from .base import BaseCache
 from .config import NOT_GIVEN, NotGiven
+from .exceptions import BackendError, MissingArgumentError
+
+__all__ = ["DualBackend", "DualCache", "create_dual_backend"]
+from .contract import Backend, WriteItem
 
 
 class DualBackend(Backend):
@@ -30,12 +34,12 @@ class DualBackend(Backend):
             return cap
         return remaining if cap is None else min(cap, remaining)
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        found = await self.l1._read_many(keys)
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found = await self.l1.read_stored(keys)
         missing = [i for i, data in enumerate(found) if data is None]
         if not missing:
             return found
-        from_l2 = await self.l2._read_many([keys[i] for i in missing])
+        from_l2 = await self.l2.read_stored([keys[i] for i in missing])
         now = self.clock()
         fill: list[WriteItem] = []
         for index, data in zip(missing, from_l2, strict=True):
@@ -45,43 +49,42 @@ class DualBackend(Backend):
                 if ttl is None or ttl > 0:
                     fill.append((keys[index], data, ttl))
         if fill:
-            await self.l1._guard.set_many(fill)
+            await self.l1.write_stored(fill)
         return found
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         l1_items = [(key, data, self._l1_ttl(data, self.clock())) for key, data, _ in items]
         _, durable = await asyncio.gather(
-            self.l1._guard.set_many(l1_items), self.l2._write(items, None)
+            self.l1.write_stored(l1_items), self.l2.write_stored(items)
         )
         return durable
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         in_l1, in_l2 = await asyncio.gather(
-            self.l1._guard.delete_many(keys), self.l2._delete_stored(keys)
+            self.l1.delete_stored(keys), self.l2.delete_stored(keys)
         )
         return max(in_l1, in_l2)
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         in_l1, in_l2 = await asyncio.gather(
-            self.l1._guard.clear(prefix), self.l2._clear_prefix(prefix)
+            self.l1.clear_stored_prefix(prefix), self.l2.clear_stored_prefix(prefix)
         )
         return max(in_l1, in_l2)
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        value = await self.l2._guard.call(
-            "increment", lambda: self.l2.backend.increment(key, amount, ttl), None
-        )
+    async def increment_counter(self, key: str, amount: int | float,
+                                ttl: float | None) -> int | float:
+        value = await self.l2.increment_stored(key, amount, ttl)
         if value is None:
-            raise ConnectionError("L2 increment failed")
-        await self.l1._guard.delete_many([key])
+            raise BackendError("the L2 increment failed")
+        await self.l1.delete_stored([key])
         return value
 
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         return NOT_GIVEN
 
-    async def ping(self) -> None:
-        await self.l1.backend.ping()
-        await self.l2.backend.ping()
+    async def check_health(self) -> None:
+        await self.l1.async_test_connection()
+        await self.l2.async_test_connection()
 
     async def aclose(self) -> None:
         await asyncio.gather(self.l1.aclose(), self.l2.aclose())
@@ -90,28 +93,53 @@ class DualBackend(Backend):
         return {"l1": self.l1.backend.name, "l2": self.l2.backend.name}
 
 
+def _tier(value: BaseCache | Mapping[str, Any] | None, which: str) -> BaseCache:
+    if isinstance(value, BaseCache):
+        return value
+    if isinstance(value, Mapping):
+        from .facade import Cache
+
+        settings = dict(value)
+        return Cache(settings.pop("type", "local"), **settings)
+    raise MissingArgumentError(
+        f"DualCache needs {which}: a cache or a dict of Cache settings, e.g. "
+        f"DualCache(MemoryCache(), RedisCache()) or "
+        f"Cache(type='dual', l2={{'type': 'redis', 'url': ...}}); got {value!r:.80}"
+    )
+
+
+def create_dual_backend(l1: BaseCache | Mapping[str, Any] | None = None,
+                        l2: BaseCache | Mapping[str, Any] | None = None) -> DualBackend:
+    """The backend of ``Cache(type="dual", l1=..., l2=...)``.
+
+    Each tier is a cache or a dict of :class:`~asynccache.Cache` settings with its
+    ``type``; ``l1`` defaults to an in-memory cache.
+    """
+    if l1 is None:
+        from .backends.memory import MemoryCache
+
+        l1 = MemoryCache()
+    return DualBackend(_tier(l1, "an L1"), _tier(l2, "an L2"))
+
+
 class DualCache(BaseCache):
     """L1 + L2: reads L1 then L2 and fills L1; writes both concurrently.
 
     A batch get asks L2 only for the keys L1 missed. L1 entries live at most
     ``l1.default_ttl`` seconds (and never past the entry's own expiry), which bounds how
-    stale one process can be after another process rewrites L2.
+    stale one process can be after another process rewrites L2. Also available as
+    ``Cache(type="dual", l1=..., l2=...)``.
 
     >>> dual = DualCache(MemoryCache(ttl=30), RedisCache(host="127.0.0.1"))  # doctest: +SKIP
     """
 
-    def __init__(self, l1: BaseCache | None = None, l2: BaseCache | None = None,
-                 **settings: Any) -> None:
-        if l1 is None:
-            from .backends.memory import MemoryCache
+    backend: DualBackend
 
-            l1 = MemoryCache()
-        if l2 is None:
-            raise TypeError(
-                "DualCache needs an L2 cache, e.g. DualCache(MemoryCache(), RedisCache())"
-            )
-        self.l1, self.l2 = l1, l2
-        super().__init__(DualBackend(l1, l2), **settings)
+    def __init__(self, l1: BaseCache | Mapping[str, Any] | None = None,
+                 l2: BaseCache | Mapping[str, Any] | None = None, **settings: Any) -> None:
+        backend = create_dual_backend(l1, l2)
+        self.l1, self.l2 = backend.l1, backend.l2
+        super().__init__(backend, **settings)
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "l1": self.l1.stats(), "l2": self.l2.stats()}

@@ -12,9 +12,12 @@ only the value (no wrapper dict to build and check), reading the expiry never pa
 value, and ``header + payload`` is a fresh exact-size ``bytes``. The leading NUL byte can
 never start JSON text, so an entry can never be mistaken for a counter or for foreign data.
 
-Counters written by :meth:`BaseCache.async_increment` are stored as bare JSON numbers so
-stores with an atomic increment (Redis ``INCRBYFLOAT``) can update them in place; a bare
-number decodes as a value with no timestamps.
+Counters (:meth:`BaseCache.async_increment`) have one codec here too: stores without an
+atomic increment keep them as ordinary entries holding a number (so the counter's expiry
+travels with it like any entry's), stores with one (Redis ``INCRBYFLOAT``) keep them as
+bare JSON numbers, which decode as a value with no timestamps. Either way a counter is
+an ``int`` or a ``float`` and never a ``bool`` (:func:`is_counter_value`), and it reads
+back as an ``int`` when it is whole (:func:`counter_number`).
 """
 
 from __future__ import annotations
@@ -28,9 +31,15 @@ from typing import Any
 
 import orjson
 
+from .config import NOT_GIVEN, NotGiven
 from .exceptions import SerializationError
 from .protection import FLAGS as _PROTECTION_FLAGS
 from .protection import PLAIN, Unreadable, ValueProtection
+
+__all__ = [
+    "Entry", "counter_number", "counter_value", "decode", "encode", "encode_counter",
+    "is_counter_value", "peek_expires_at", "read_counter",
+]
 
 FORMAT_VERSION = 2
 MAGIC = b"\x00AC"
@@ -40,7 +49,13 @@ _SEALED_FIELDS = struct.Struct("<3sBdd")
 HEADER_SIZE = _HEADER.size
 _HAS_EXPIRY = 1
 _IS_BYTES = 2
+# A counter: a number kept in the clear even when values are encrypted, like the bare
+# numbers Redis counters are (the stores without an atomic increment need its expiry).
+_IS_COUNTER = 32
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
+_pack_header = _HEADER.pack
+_isfinite = math.isfinite
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,38 +83,66 @@ class CorruptEntry(ValueError):
 def _find_non_finite(value: Any) -> bool:
     """Whether ``value`` holds a NaN or an infinity anywhere (iterative, no recursion).
 
-    Exact-type checks first: strings and ints, most of a completion, cost one
-    comparison each.
+    Containers are walked child by child with exact-type checks, so the strings, ints
+    and ``None`` that make up most of a completion cost one comparison each and are
+    never pushed on the stack.
     """
     stack = [value]
-    pop, extend = stack.pop, stack.extend
+    pop, push = stack.pop, stack.append
     while stack:
         item = pop()
         kind = type(item)
-        if kind is str or kind is int or kind is bool or item is None:
-            continue
         if kind is dict:
-            extend(item.values())
+            children: Any = item.values()
         elif kind is list or kind is tuple:
-            extend(item)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
+            children = item
+        else:
+            if _leaf_is_non_finite(item, push):
                 return True
-        elif isinstance(item, dict):
-            extend(item.values())
-        elif isinstance(item, list | tuple):
-            extend(item)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            extend(getattr(item, field.name) for field in dataclasses.fields(item))
-        elif isinstance(item, enum.Enum):
-            extend((item.value,))
-        elif getattr(getattr(item, "dtype", None), "kind", None) in ("f", "c"):
-            # numpy arrays and scalars: orjson writes their NaN/Infinity as null too.
-            import numpy
-
-            if not numpy.isfinite(item).all():
-                return True
+            continue
+        for child in children:
+            kind = type(child)
+            if kind is str or kind is int or child is None or kind is bool:
+                continue
+            if kind is float:
+                if not _isfinite(child):
+                    return True
+            else:
+                push(child)
     return False
+
+
+def _leaf_is_non_finite(item: Any, push: Any) -> bool:
+    """Check one non-container item; push what it holds (dataclass fields, enum values)."""
+    if isinstance(item, str | int) or item is None:
+        return False
+    if isinstance(item, float):
+        return not _isfinite(item)
+    if isinstance(item, dict):
+        for child in item.values():
+            push(child)
+    elif isinstance(item, list | tuple):
+        for child in item:
+            push(child)
+    elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+        for field in dataclasses.fields(item):
+            push(getattr(item, field.name))
+    elif isinstance(item, enum.Enum):
+        push(item.value)
+    elif getattr(getattr(item, "dtype", None), "kind", None) in ("f", "c"):
+        # numpy arrays and scalars: orjson writes their NaN/Infinity as null too.
+        import numpy
+
+        return not bool(numpy.isfinite(item).all())
+    return False
+
+
+def _json_default(value: Any) -> Any:
+    """orjson's fallback: pydantic models (a LiteLLM ``ModelResponse``) as their JSON form."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 def encode(value: Any, created_at: float, expires_at: float | None, key: str = "",
@@ -109,17 +152,17 @@ def encode(value: Any, created_at: float, expires_at: float | None, key: str = "
     ``protection`` compresses and/or encrypts the payload (see :mod:`asynccache.protection`).
     """
     flags = 0 if expires_at is None else _HAS_EXPIRY
-    if isinstance(value, bytes | bytearray | memoryview):
+    if type(value) is not dict and isinstance(value, bytes | bytearray | memoryview):
         payload = bytes(value)
         flags |= _IS_BYTES
     else:
         try:
-            payload = orjson.dumps(value, option=_DUMP_OPTIONS)
+            payload = _dumps(value, default=_json_default, option=_DUMP_OPTIONS)
         except (orjson.JSONEncodeError, TypeError) as exc:
             raise SerializationError(
                 f"cannot cache the value for key {key[:200]!r}: {exc} "
-                "(values must be JSON types, bytes, dataclasses or datetimes; "
-                "convert objects, e.g. pydantic models with .model_dump())"
+                "(values must be JSON types, bytes, dataclasses, datetimes or pydantic "
+                "models)"
             ) from exc
         # orjson writes NaN/Infinity as null, which would silently change the value; the
         # scan only runs when a null is present at all.
@@ -133,8 +176,7 @@ def encode(value: Any, created_at: float, expires_at: float | None, key: str = "
         flags, payload = protection.seal(
             _SEALED_FIELDS.pack(MAGIC, FORMAT_VERSION, created_at, stored_expiry), flags, payload
         )
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at, stored_expiry)
-    return header + payload
+    return _pack_header(MAGIC, FORMAT_VERSION, flags, created_at, stored_expiry) + payload
 
 
 def decode(data: bytes | bytearray | memoryview,
@@ -149,14 +191,15 @@ def decode(data: bytes | bytearray | memoryview,
         if len(data) < HEADER_SIZE:
             raise CorruptEntry("entry header is truncated")
         _, version, flags, created_at, expires_at = _HEADER.unpack_from(data)
-        if version != FORMAT_VERSION or flags & ~(_HAS_EXPIRY | _IS_BYTES | _PROTECTION_FLAGS):
+        if version != FORMAT_VERSION or flags & ~(_HAS_EXPIRY | _IS_BYTES | _IS_COUNTER
+                                                   | _PROTECTION_FLAGS):
             raise CorruptEntry(f"unknown entry format version {version} / flags {flags}")
         if not (math.isfinite(created_at) and math.isfinite(expires_at)):
             raise CorruptEntry("entry timestamps are malformed")
         # A bytes slice, not a memoryview: orjson parses a memoryview about 2x slower
         # (4.3 us vs 2.3 us for a 2 KB completion), far more than the 0.1 us copy.
         body = data[HEADER_SIZE:]
-        if flags & _PROTECTION_FLAGS or protection.encrypts:
+        if flags & _PROTECTION_FLAGS or (protection.encrypts and not flags & _IS_COUNTER):
             try:
                 body = protection.open(
                     _SEALED_FIELDS.pack(MAGIC, version, created_at, expires_at), flags,
@@ -171,6 +214,8 @@ def decode(data: bytes | bytearray | memoryview,
                 value = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise CorruptEntry(f"entry payload is not JSON: {exc}") from exc
+        if flags & _IS_COUNTER and not is_counter_value(value):
+            raise CorruptEntry("a counter entry holds something other than a number")
         return Entry(value, created_at, expires_at if flags & _HAS_EXPIRY else None)
     # Counters are bare JSON numbers (so Redis INCRBYFLOAT can update them in place).
     try:
@@ -183,6 +228,77 @@ def decode(data: bytes | bytearray | memoryview,
     raise CorruptEntry("not an asynccache entry (no header)")
 
 
+class _Miss:
+    """Why :func:`decode_live` found no live value (a sentinel, never a stored value)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<{self.reason}>"
+
+
+#: :func:`decode_live` results for an entry past its expiry, and one older than max-age.
+EXPIRED = _Miss("expired")
+TOO_OLD = _Miss("too old")
+_unpack_header = _HEADER.unpack_from
+_KNOWN_FLAGS = _HAS_EXPIRY | _IS_BYTES | _PROTECTION_FLAGS
+_loads = orjson.loads
+
+
+def decode_live(data: bytes, now: float, max_age: float | None = None,
+                protection: ValueProtection = PLAIN) -> Any:
+    """The value of a live entry, :data:`EXPIRED` or :data:`TOO_OLD`; raise :class:`CorruptEntry`.
+
+    The read hot path: the header is unpacked in place, no :class:`Entry` is built, the
+    expiry is checked before the payload is touched, and the payload is parsed from one
+    exact-size slice (orjson parses a memoryview about 2x slower than the 0.1 us copy
+    costs). ``protection`` as in :func:`decode`.
+    """
+    if len(data) >= HEADER_SIZE:
+        magic, version, flags, created_at, expires_at = _unpack_header(data)
+        if magic == MAGIC:
+            if version != FORMAT_VERSION or flags & ~_KNOWN_FLAGS:
+                if flags & _IS_COUNTER:  # off the hot path: counters are rare reads
+                    return _live_value(decode(data, protection), now, max_age)
+                raise CorruptEntry(f"unknown entry format version {version} / flags {flags}")
+            if not (_isfinite(created_at) and _isfinite(expires_at)):
+                raise CorruptEntry("entry timestamps are malformed")
+            if flags & _HAS_EXPIRY and now >= expires_at:
+                return EXPIRED
+            if max_age is not None and now - created_at > max_age:
+                return TOO_OLD
+            body = data[HEADER_SIZE:]
+            if flags & _PROTECTION_FLAGS or protection.encrypts:
+                try:
+                    body = protection.open(
+                        _SEALED_FIELDS.pack(MAGIC, version, created_at, expires_at), flags,
+                        bytes(body),
+                    )
+                except Unreadable as exc:
+                    raise CorruptEntry(str(exc)) from exc
+            if flags & _IS_BYTES:
+                return bytes(body)
+            try:
+                return _loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise CorruptEntry(f"entry payload is not JSON: {exc}") from exc
+    elif data[:3] == MAGIC:
+        raise CorruptEntry("entry header is truncated")
+    # A bare counter (no timestamps), or not an entry at all.
+    return decode(data, protection).value
+
+
+def _live_value(entry: Entry, now: float, max_age: float | None) -> Any:
+    if entry.is_expired(now):
+        return EXPIRED
+    if max_age is not None and entry.created_at is not None and now - entry.created_at > max_age:
+        return TOO_OLD
+    return entry.value
+
+
 def peek_expires_at(data: bytes) -> float | None:
     """The expiry of stored bytes, or ``None`` (no expiry, counter or unreadable).
 
@@ -192,3 +308,64 @@ def peek_expires_at(data: bytes) -> float | None:
         return None
     _, _, flags, _, expires_at = _HEADER.unpack_from(data)
     return expires_at if flags & _HAS_EXPIRY else None
+
+
+# -- counters ---------------------------------------------------------------------------
+
+#: Integers orjson can write: a whole float outside this range stays a float.
+_INT_RANGE = (-(2**63), 2**63)
+
+
+def is_counter_value(value: object) -> bool:
+    """Whether ``value`` can be a counter: an int or a float, never a bool (``True == 1``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def counter_number(value: int | float) -> int | float:
+    """A counter's value as every backend returns it: an ``int`` when whole, else a float.
+
+    Redis answers ``INCRBYFLOAT`` with text such as ``b"3"``; the memory backend adds
+    Python ints. Both come back as ``3``.
+    """
+    if isinstance(value, float) and value.is_integer() and _INT_RANGE[0] <= value < _INT_RANGE[1]:
+        return int(value)
+    return value
+
+
+def read_counter(data: bytes | None, now: float) -> tuple[int | float, float | NotGiven | None]:
+    """``(value, expires_at)`` of a stored counter; ``(0, NOT_GIVEN)`` when there is none.
+
+    A missing, expired, unreadable or non-numeric entry starts a new counter (at 0, with
+    the caller's TTL: ``NOT_GIVEN``). A bare number has no expiry of its own either.
+    """
+    if data is None:
+        return 0, NOT_GIVEN
+    try:
+        entry = decode(data)
+    except CorruptEntry:
+        return 0, NOT_GIVEN
+    if entry.is_expired(now) or not is_counter_value(entry.value):
+        return 0, NOT_GIVEN
+    if entry.created_at is None:
+        return entry.value, NOT_GIVEN
+    return entry.value, entry.expires_at
+
+
+def encode_counter(value: int | float, now: float, expires_at: float | None) -> bytes:
+    """A counter as an entry, keeping its absolute expiry (``None``: never).
+
+    Never compressed or encrypted (it is a number, as a Redis counter is), so the
+    backend's default increment needs no keys.
+    """
+    if not is_counter_value(value):
+        raise SerializationError(f"a counter must be an int or a float, got {value!r:.80}")
+    flags = _IS_COUNTER | (0 if expires_at is None else _HAS_EXPIRY)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, now,
+                          0.0 if expires_at is None else expires_at)
+    return header + orjson.dumps(value)
+
+
+def counter_value(data: bytes | None) -> int | float:
+    """The number a stored counter holds (its expiry aside): 0 when missing, unreadable or
+    not a number. Backends whose increment is a read-modify-write start from this value."""
+    return read_counter(data, -math.inf)[0]

@@ -5,13 +5,16 @@ Every error asynccache raises derives from :class:`CacheError`::
     CacheError
     ├── ConfigurationError (also ValueError)   a bad setting, control, TTL or type name
     │   ├── ItemTooLargeError                   a value over ``max_item_size``
-    │   └── AccessDeniedError                   the store refused a command to this user
+    │   ├── AccessDeniedError                   the store refused a command to this user
+    │   └── MissingArgumentError (also TypeError) a required argument left out
     ├── SerializationError (also TypeError)    a value that cannot be stored as JSON
+    ├── ResponseTypeError (also TypeError)     an upstream call returned what cannot be replayed
     ├── MissingExtraError (also ImportError)   a backend whose extra is not installed
     ├── BackendError                            the store failed (translated at the boundary)
     │   ├── CacheConnectionError                unreachable, refused, bad credentials
-    │   └── CacheTimeoutError (also TimeoutError)
+    │   └── CacheTimeoutError (also TimeoutError) a backend call, or a sync call, took too long
     ├── CacheClosedError                        a call on a cache after ``aclose()``
+    ├── ReplayMissError                         a replaying cassette has no answer
     └── BridgeError (also RuntimeError)         misuse of the sync bridge
 
 Backend errors are translated with ``raise ... from exc`` so the original stays on
@@ -20,6 +23,15 @@ surface only from explicit health checks such as :meth:`BaseCache.test_connectio
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AccessDeniedError", "BackendError", "BridgeError", "CacheClosedError",
+    "CacheConnectionError", "CacheError", "CacheTimeoutError", "ConfigurationError",
+    "ItemTooLargeError", "MissingArgumentError", "MissingExtraError", "ReplayMissError",
+    "ResponseTypeError", "SerializationError",
+]
 
 
 class CacheError(Exception):
@@ -43,8 +55,20 @@ class AccessDeniedError(ConfigurationError):
     """
 
 
+class MissingArgumentError(ConfigurationError, TypeError):
+    """A required argument was left out (``DualCache()`` without an L2).
+
+    Also a :class:`TypeError`, which is what Python raises for a missing argument.
+    """
+
+
 class SerializationError(CacheError, TypeError):
     """A value that cannot be encoded (non-JSON object, NaN, nesting too deep...)."""
+
+
+class ResponseTypeError(CacheError, TypeError):
+    """An upstream call returned something a wrapper cannot cache or replay
+    (``stream=True`` that returned no iterable)."""
 
 
 class MissingExtraError(CacheError, ImportError):
@@ -60,11 +84,27 @@ class CacheConnectionError(BackendError):
 
 
 class CacheTimeoutError(BackendError, TimeoutError):
-    """A backend operation took longer than the configured timeout."""
+    """A backend operation, or a sync twin waiting on the bridge, took longer than allowed.
+
+    Also a :class:`TimeoutError`, so ``except TimeoutError`` keeps working.
+    """
 
 
 class CacheClosedError(CacheError):
     """The cache was used after :meth:`BaseCache.aclose`."""
+
+
+class ReplayMissError(CacheError):
+    """A replay-only cache (a cassette in ``replay`` mode) has no answer for a request.
+
+    Raised instead of letting the call go upstream. ``explanation`` (a
+    :class:`~asynccache.recording.MissExplanation`) names the nearest recorded request
+    and the fields that differ; the message is its text.
+    """
+
+    def __init__(self, explanation: Any) -> None:
+        super().__init__(f"asynccache replay miss: {explanation}")
+        self.explanation = explanation
 
 
 class BridgeError(CacheError, RuntimeError):

@@ -1,55 +1,40 @@
-"""``Cache(type=...)``: the LiteLLM-shaped entry point. Thin: no storage logic here."""
+"""``Cache(type=...)``: the LiteLLM-shaped entry point. Thin: no storage logic here.
+
+Picking a backend by name and splitting the user's keyword arguments between the cache
+settings and the backend's are all it does; the key-value and LLM APIs are
+:class:`~asynccache.base.BaseCache`'s, which every cache class shares.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .base import BaseCache, CacheHit, SimilaritySearch, WriteItem
-from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
+from .base import BaseCache
+from .config import split_settings
 from .exceptions import ConfigurationError
-from .keys import EXCLUDED_PARAMS, namespace_prefix, request_key
-from .registry import canonical_type, create_backend
+from .registry import backend_factory, canonical_type, extra_settings
 
-#: Call types LiteLLM caches by default; ``supported_call_types`` narrows them.
-DEFAULT_CALL_TYPES: tuple[str, ...] = (
-    "completion", "acompletion", "embedding", "aembedding", "transcription", "atranscription",
-    "text_completion", "atext_completion", "rerank", "arerank", "responses", "aresponses",
-)
+__all__ = [
+    "Cache", "disable_cache", "enable_cache", "get_default_cache", "set_default_cache",
+    "update_cache",
+]
 
-_COMMON_SETTINGS = frozenset(
-    name for name in inspect.signature(BaseCache.__init__).parameters
-    if name not in {"self", "backend"}
-)
-# Names LiteLLM users already write, mapped to ours.
-_SETTING_ALIASES = {
-    "default_in_memory_ttl": "ttl",
-    "default_in_redis_ttl": "ttl",
-    "default_ttl": "ttl",
-    "redis_flush_size": "flush_size",
-    "redis_flush_interval": "flush_interval",
-    "max_size_in_memory": "max_entries",
-}
+_SECRET_WORDS = ("password", "secret", "key", "token", "connection_string", "credential", "sas")
 
 
 class Cache(BaseCache):
     """The cache users create: pick a backend by ``type`` and pass its settings.
 
-    ``Cache()`` is the embedded in-memory default. Other types: ``"disk"``, ``"redis"``
-    (``redis_startup_nodes=`` for a cluster), ``"s3"``, ``"gcs"``, ``"azure_blob"``,
-    ``"redis-semantic"``, ``"qdrant-semantic"``. Settings shared by all backends
-    (``namespace``, ``ttl``, ``flush_size``...) are those of :class:`BaseCache`; the rest go
-    to the backend, and a setting no one knows raises naming it.
-
-    LLM-call settings:
-
-    * ``mode``: ``"default_on"`` (cache unless ``cache={"no-cache": True}``) or
-      ``"default_off"`` (cache only calls with ``cache={"use-cache": True}``);
-    * ``supported_call_types``: which call types the wrappers cache;
-    * ``caching_groups``: models that share entries, e.g. ``[("gpt-4o", "gpt-4o-2024-08-06")]``;
-    * ``key_function``: replace :meth:`get_cache_key` (called with the call's kwargs).
+    ``Cache()`` is the embedded in-memory default (``type="local"``, also spelled
+    ``"memory"``). Other types: ``"disk"``, ``"redis"`` (``redis_startup_nodes=`` for a
+    cluster), ``"redis-cluster"``, ``"memcached"`` (``servers=[...]``), ``"s3"``,
+    ``"gcs"``, ``"azure_blob"``, ``"sqlite"``, ``"sql"`` (PostgreSQL, MariaDB/MySQL,
+    SQLite), ``"dual"`` (``l1=``/``l2=`` caches or settings dicts), ``"redis-semantic"``,
+    ``"qdrant-semantic"``, ``"postgres-semantic"``, ``"local-semantic"``
+    (:func:`~asynccache.cache_types` lists them). Settings every cache has
+    (``namespace``, ``ttl``, ``mode``, ``flush_size``...) are those of
+    :class:`~asynccache.config.CacheSettings`; the rest go to the backend, and a setting
+    no one knows raises naming the closest known one.
 
     >>> cache = Cache()
     >>> key = cache.get_cache_key(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
@@ -59,133 +44,22 @@ class Cache(BaseCache):
     'hello'
     """
 
-    def __init__(
-        self,
-        type: str = "local",
-        *,
-        mode: CacheMode | str = CacheMode.default_on,
-        supported_call_types: Iterable[str] | None = None,
-        caching_groups: Sequence[Iterable[str]] | None = None,
-        key_function: Callable[..., str] | None = None,
-        excluded_params: Iterable[str] | None = None,
-        **settings: Any,
-    ) -> None:
+    def __init__(self, type: str = "local", **settings: Any) -> None:
         self.type = canonical_type(type)
-        try:
-            self.mode = CacheMode(mode)
-        except ValueError:
-            raise ConfigurationError(
-                f"mode must be 'default_on' or 'default_off', got {mode!r}"
-            ) from None
-        self.supported_call_types = tuple(
-            DEFAULT_CALL_TYPES if supported_call_types is None else supported_call_types
-        )
-        self.caching_groups = [tuple(group) for group in caching_groups or ()]
-        self.key_function = key_function
-        self.excluded_params = (
-            EXCLUDED_PARAMS if excluded_params is None else frozenset(excluded_params)
-        )
-        common, backend_settings = _split_settings(settings)
+        factory = backend_factory(self.type)
+        owner = f"Cache(type={self.type!r})"
+        backend_settings, cache_settings = split_settings(
+            owner, settings, factory, extra_settings(self.type))
         self._settings = dict(settings)
-        super().__init__(create_backend(self.type, backend_settings), **common)
-
-    def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str:
-        """SHA-256 key of an LLM request (see :mod:`asynccache.keys`).
-
-        Argument and dict order never change it; credentials and transport settings are
-        left out. A ``cache_key=`` argument is returned as it is (a preset key), and a
-        ``key_function`` given to the constructor replaces the default.
-        """
-        preset = call_kwargs.get("cache_key")
-        if isinstance(preset, str) and preset:
-            return preset
-        if self.key_function is not None:
-            return self.key_function(*args, **call_kwargs)
-        if args:
-            raise ConfigurationError("get_cache_key takes the call's keyword arguments only")
-        return request_key(call_kwargs, caching_groups=self.caching_groups,
-                           excluded=self.excluded_params)
-
-    async def async_lookup(
-        self, call_kwargs: Mapping[str, Any], *, controls: CacheControls | None = None,
-        key: str | None = None,
-    ) -> CacheHit | None:
-        """Look an LLM request up: exact key first, then similarity on semantic backends.
-
-        Honours the ``no-cache``, ``s-maxage``, ``namespace`` and ``use-cache`` controls
-        and the cache ``mode``. Never raises for backend failures (a failure is a miss).
-        """
-        controls = controls or DEFAULT_CONTROLS
-        if not controls.reads(self.mode):
-            return None
-        key = key or self.get_cache_key(**call_kwargs)
-        namespace = controls.namespace
-        hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
-        if hit is not None or not isinstance(self.backend, SimilaritySearch):
-            return hit
-        ns = self._namespace(namespace)
-        backend = self.backend
-        found = await self._guard.call(
-            "search_similar",
-            lambda: backend.search_similar(
-                call_kwargs, prefix=namespace_prefix(ns), threshold=controls.similarity_threshold
-            ),
-            None,
-        )
-        if found is None:
-            return None
-        data, similarity, matched_prompt = found
-        semantic_hit = self._to_hit(self._stored_key(key, ns), data, ns, controls.s_maxage,
-                                    self.clock())
-        if semantic_hit is None:
-            return None
-        return dataclasses.replace(semantic_hit, similarity=similarity,
-                                   matched_prompt=matched_prompt)
-
-    async def async_store(
-        self, call_kwargs: Mapping[str, Any], value: Any, *,
-        controls: CacheControls | None = None, key: str | None = None,
-    ) -> bool:
-        """Store the answer to an LLM request (and index it on semantic backends).
-
-        Honours ``no-store``, ``ttl``, ``namespace`` and the cache ``mode``; returns
-        whether it was stored. Unserializable values raise; backend failures return False.
-        """
-        controls = controls or DEFAULT_CONTROLS
-        if not controls.writes(self.mode):
-            return False
-        self._check_open()
-        key = key or self.get_cache_key(**call_kwargs)
-        ns = self._namespace(controls.namespace)
-        item = self._encode(key, value, controls.ttl, ns, self.clock())
-        if not isinstance(self.backend, SimilaritySearch):
-            return (await self._write([item], ns))[0]
-        backend = self.backend
-        ok = await self._guard.call(
-            "index_similar",
-            lambda: _index(backend, call_kwargs, item, namespace_prefix(ns)),
-            False,
-        )
-        self._stats.add("sets" if ok else "set_failures", namespace=ns)
-        return ok
-
-    def controls(self, controls: Mapping[str, Any] | CacheControls | None) -> CacheControls:
-        """Parse per-call ``cache={...}`` controls (raises naming a bad control)."""
-        return parse_controls(controls)
-
-    def caches_call_type(self, call_type: str) -> bool:
-        """Whether calls of ``call_type`` are cached."""
-        return call_type in self.supported_call_types
+        super().__init__(factory(**backend_settings), **cache_settings)
 
     def settings(self) -> dict[str, Any]:
         """The settings this cache was created with (secrets masked)."""
         from .redact import mask, redact
 
-        secret_words = ("password", "secret", "key", "token", "connection_string", "credential",
-                        "sas")
         shown: dict[str, Any] = {}
         for name, value in self._settings.items():
-            if any(word in name.lower() for word in secret_words):
+            if any(word in name.lower() for word in _SECRET_WORDS):
                 shown[name] = mask(value)
             elif isinstance(value, str):
                 shown[name] = redact(value)  # url="redis://user:pw@host" -> user:***@host
@@ -194,25 +68,7 @@ class Cache(BaseCache):
         return shown
 
 
-async def _index(backend: SimilaritySearch, call_kwargs: Mapping[str, Any], item: WriteItem,
-                 prefix: str) -> bool:
-    await backend.index_similar(call_kwargs, item, prefix=prefix)
-    return True
-
-
-def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    common: dict[str, Any] = {}
-    backend: dict[str, Any] = {}
-    for name, value in settings.items():
-        target = _SETTING_ALIASES.get(name, name)
-        if target in _COMMON_SETTINGS:
-            common[target] = value
-        else:
-            backend[target] = value
-    return common, backend
-
-
-_default_cache: Cache | None = None
+_default_cache: BaseCache | None = None
 
 
 def enable_cache(type: str = "local", **settings: Any) -> Cache:
@@ -233,6 +89,15 @@ def disable_cache() -> None:
     _default_cache = None
 
 
-def get_default_cache() -> Cache | None:
+def set_default_cache(cache: BaseCache | None) -> BaseCache | None:
+    """Make ``cache`` (any cache) the default cache (``None``: none); return the previous one."""
+    global _default_cache
+    if cache is not None and not isinstance(cache, BaseCache):
+        raise ConfigurationError(f"the default cache must be a cache, got {cache!r:.80}")
+    previous, _default_cache = _default_cache, cache
+    return previous
+
+
+def get_default_cache() -> BaseCache | None:
     """The cache set by :func:`enable_cache`, or ``None``."""
     return _default_cache

@@ -46,7 +46,7 @@ from .lifecycle import (
 from .stats import CacheStats
 
 if TYPE_CHECKING:
-    from .base import WriteItem
+    from .contract import WriteItem
 
 logger = logging.getLogger("asynccache.flush")
 

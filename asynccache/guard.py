@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .bridge import bridge_loop, is_caller_loop
 from .exceptions import ConfigurationError
-from .stats import CacheStats
+from .stats import SAMPLE_EVERY, CacheStats
 
 if TYPE_CHECKING:
-    from .base import Backend, WriteItem
+    from .contract import Backend, WriteItem
 
 logger = logging.getLogger("asynccache")
 T = TypeVar("T")
@@ -159,6 +159,61 @@ def _safe_message(exc: BaseException) -> str:
 
 #: Probe tasks in flight, held strongly (the event loop keeps only weak references).
 _PROBES: set[asyncio.Task[None]] = set()
+def sync_primitive(backend: Backend, name: str) -> Callable[[Any], Any]:
+    """A synchronous form of a loop-free backend's primitive ``name`` (``read_many``...).
+
+    A backend may offer one itself as ``<name>_now``; ``read_one`` (one key in, its bytes
+    or ``None`` out) and ``write_one`` (one item in, whether it was stored out) may be
+    offered the same way. Otherwise, or when the async primitive was replaced (a
+    subclass overriding it alone, a wrapper set on the instance), the coroutine is
+    driven to its end in the caller, which a loop-free backend (one that never awaits
+    the loop) allows; one that does wait breaks that promise and raises ``RuntimeError``.
+    """
+    many = {"read_one": "read_many", "write_one": "write_many"}.get(name, name)
+    method_name = many
+    drive = _driver(backend, many)
+    if name == "read_one":
+        read = drive
+        drive = lambda key: read((key,))[0]  # noqa: E731
+    elif name == "write_one":
+        write = drive
+        drive = lambda item: (write((item,)) or (True,))[0]  # noqa: E731
+    own = getattr(backend, name + "_now", None)
+    if own is None or not _same_owner(type(backend), name + "_now", many):
+        return drive
+    patched = getattr(backend, "__dict__", {})
+
+    def call(argument: Any) -> Any:
+        if method_name in patched:  # replaced on the instance after construction
+            return drive(argument)
+        return own(argument)
+
+    return call
+
+
+def _driver(backend: Backend, name: str) -> Callable[[Any], Any]:
+    def drive(argument: Any) -> Any:
+        step = getattr(backend, name)(argument)
+        try:
+            step.send(None)
+        except StopIteration as done:
+            return done.value
+        step.close()
+        raise RuntimeError(f"{backend.name} backend is loop_free but its {name} awaited")
+
+    return drive
+
+
+def _same_owner(cls: type, fast: str, primitive: str) -> bool:
+    """Whether ``fast`` and ``primitive`` come from the same class of ``cls``'s MRO.
+
+    A subclass that overrides ``read_many`` alone must not be bypassed by its parent's
+    ``read_many_now``.
+    """
+    def owner(attribute: str) -> type | None:
+        return next((k for k in cls.__mro__ if attribute in vars(k)), None)
+
+    return owner(fast) is owner(primitive)
 
 
 class GuardedBackend:
@@ -173,6 +228,8 @@ class GuardedBackend:
         self.log = BurstLogger()
         self._probe: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
         self._probe_loop: asyncio.AbstractEventLoop | None = None
+        # run_now times the first call of each operation, then one in SAMPLE_EVERY.
+        self._countdowns: dict[str, int] = {}
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
                     skipped: int = 1) -> tuple[bool, T]:
@@ -235,34 +292,75 @@ class GuardedBackend:
             breaker.probe_started()
             try:
                 if self.timeout is None:
-                    await self.backend.ping()
+                    await self.backend.check_health()
                 else:
-                    await asyncio.wait_for(self.backend.ping(), self.timeout)
+                    await asyncio.wait_for(self.backend.check_health(), self.timeout)
             except Exception:
                 breaker.probe_failed()
                 delay = breaker.next_probe_delay(delay)
                 continue
             breaker.record_success()
             return
+    def run_now(self, operation: str, primitive: Callable[[Any], T], argument: Any,
+                fallback: T, skipped: int = 1) -> tuple[bool, T]:
+        """Call a loop-free backend's synchronous primitive (:func:`sync_primitive`) now.
+
+        The lean path of in-process backends: no task, no timeout (nothing can hang), the
+        same fail-open policy and breaker as :meth:`_call`, and one call in
+        :data:`~asynccache.stats.SAMPLE_EVERY` timed.
+        """
+        breaker = self.breaker
+        if breaker.state is not CircuitState.closed and not breaker.allow():
+            self.stats.add("skipped_open_circuit", skipped)
+            return False, fallback
+        countdowns = self._countdowns
+        left = countdowns.get(operation, 1) - 1
+        countdowns[operation] = left
+        if left > 0:
+            try:
+                result = primitive(argument)
+            except Exception as exc:
+                self._failed(operation, exc, None)
+                return False, fallback
+        else:
+            countdowns[operation] = SAMPLE_EVERY
+            started = time.perf_counter()
+            try:
+                result = primitive(argument)
+            except Exception as exc:
+                self._failed(operation, exc, started)
+                return False, fallback
+            self.stats.observe(operation, time.perf_counter() - started)
+        if breaker.consecutive_failures:
+            breaker.record_success()
+        return True, result
+
+    def _failed(self, operation: str, exc: Exception, started: float | None) -> None:
+        if started is not None:
+            self.stats.observe(operation, time.perf_counter() - started)
+        self.stats.add("errors")
+        self.breaker.record_failure()
+        self.log.error(operation, self.backend.name, exc)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         empty: list[bytes | None] = []
-        ok, found = await self._call("get", lambda: self.backend.get_many(keys), empty, len(keys))
+        ok, found = await self._call("get", lambda: self.backend.read_many(keys), empty, len(keys))
         if not ok or len(found) != len(keys):
             return [None] * len(keys)
         return found
 
     async def set_many(self, items: Sequence[WriteItem]) -> list[bool]:
-        ok, result = await self._call("set", lambda: self.backend.set_many(items), None, len(items))
+        ok, result = await self._call("set", lambda: self.backend.write_many(items), None,
+                                      len(items))
         if not ok:
             return [False] * len(items)
         return [True] * len(items) if result is None else list(result)
 
     async def delete_many(self, keys: Sequence[str]) -> int:
-        return (await self._call("delete", lambda: self.backend.delete_many(keys), 0))[1]
+        return (await self._call("delete", lambda: self.backend.remove_many(keys), 0))[1]
 
     async def clear(self, prefix: str) -> int:
-        return (await self._call("clear", lambda: self.backend.clear(prefix), 0))[1]
+        return (await self._call("clear", lambda: self.backend.remove_prefix(prefix), 0))[1]
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T) -> T:
         return (await self._call(operation, make, fallback))[1]

@@ -1,4 +1,8 @@
-"""Cache keys: a SHA-256 over the canonical request. Pure functions, no I/O.
+"""Cache keys: a SHA-256 over the canonical request, and the stored-key format.
+
+Pure functions, no I/O. This module is the one place that knows what a stored key looks
+like (``<encoded namespace>:<key>``, see :func:`stored_key`); backends, the semantic
+stores and the single-flight lease build and read stored keys only through it.
 
 The key covers every argument that can change the answer (model, messages / input /
 prompt, temperature, tools, response_format, seed, provider-specific parameters...) and
@@ -14,13 +18,20 @@ import functools
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
 from .exceptions import ConfigurationError
+
+__all__ = [
+    "EXCLUDED_PARAMS", "canonical_request", "encode_namespace", "group_model", "lease_key",
+    "namespace_prefix", "request_key", "split_stored_key", "stored_key", "stored_key_prefix",
+    "stored_key_prefixes",
+    "validate_key",
+]
 
 KEY_FORMAT_VERSION = "1"
 
@@ -127,11 +138,10 @@ def request_key(
     return digest.hexdigest()
 
 
-KeyFunction = Callable[..., str]
-
-
 def validate_key(key: object) -> str:
     """Check a user-supplied key; raise ``ConfigurationError`` naming the problem."""
+    if type(key) is str and key.isascii() and key:
+        return key  # every hex digest and most keys: nothing to check further
     if not isinstance(key, str):
         raise ConfigurationError(f"cache key must be a str, got {type(key).__name__}: {key!r:.80}")
     if not key:
@@ -161,3 +171,66 @@ def encode_namespace(namespace: str) -> str:
 def namespace_prefix(namespace: str | None) -> str:
     """The stored-key prefix of a namespace (empty for no namespace)."""
     return "" if namespace is None else encode_namespace(namespace) + ":"
+
+
+#: What separates the encoded namespace from the key in a stored key.
+SEPARATOR = ":"
+_LEASE_MARK = "asynccache-lease:"
+
+
+def stored_key(key: str, namespace: str | None) -> str:
+    """The key a backend stores ``key`` of ``namespace`` under.
+
+    A namespaced stored key is ``"<encoded namespace>:<key>"`` and an encoded namespace is
+    never empty and holds no ``:``. A namespace-less key that holds a colon (``"a:b"``)
+    gets a leading ``":"``, so it can never meet key ``"b"`` of namespace ``"a"``.
+
+    >>> stored_key("b", "a"), stored_key("a:b", None), stored_key("b", None)
+    ('a:b', ':a:b', 'b')
+    """
+    key = validate_key(key)
+    if namespace is None:
+        return SEPARATOR + key if SEPARATOR in key else key
+    return namespace_prefix(namespace) + key
+
+
+def split_stored_key(stored: str) -> tuple[str | None, str]:
+    """``(encoded namespace or None, key)`` of a stored key or stored-key prefix.
+
+    The inverse of :func:`stored_key`; a namespace prefix ``"ns:"`` gives ``("ns", "")``.
+
+    >>> split_stored_key("a:b"), split_stored_key(":a:b"), split_stored_key("b")
+    (('a', 'b'), (None, 'a:b'), (None, 'b'))
+    """
+    head, colon, rest = stored.partition(SEPARATOR)
+    if not colon or not head:
+        return None, rest if colon else stored
+    return head, rest
+
+
+def lease_key(key: str, namespace: str | None) -> str:
+    """The stored key of the single-flight lease that guards ``key`` of ``namespace``."""
+    return stored_key(_LEASE_MARK + validate_key(key), namespace)
+
+
+def stored_key_prefix(stored_key: str) -> str:
+    """The namespace prefix a stored key starts with (``""`` when it has no namespace).
+
+    The prefix half of :func:`split_stored_key`, kept fast for batches. A key starts with
+    a namespace prefix exactly when this is that prefix, so a store can clear a namespace
+    with an exact-match filter on it.
+
+    >>> stored_key_prefix("prod:abc"), stored_key_prefix(":a:b"), stored_key_prefix("abc")
+    ('prod:', '', '')
+    """
+    end = stored_key.find(":")
+    return stored_key[: end + 1] if end > 0 else ""
+
+
+def stored_key_prefixes(stored_keys: Iterable[str]) -> list[str]:
+    """:func:`stored_key_prefix` of every key of a batch (one call per batch, not per key)."""
+    prefixes = []
+    for stored_key in stored_keys:
+        end = stored_key.find(":")
+        prefixes.append(stored_key[: end + 1] if end > 0 else "")
+    return prefixes

@@ -21,10 +21,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConfigurationError, MissingExtraError
+from .savings import ledger_of
 from .stats import COUNTERS, CacheStats, HistogramSnapshot
 
 if TYPE_CHECKING:
     from .base import BaseCache
+
+__all__ = [
+    "OpenTelemetryMetrics", "PrometheusExporter", "enable_opentelemetry", "named_caches",
+]
 
 #: Counters that are sizes in bytes (OpenTelemetry unit ``By``).
 _BYTE_COUNTERS = frozenset({"bytes_read", "bytes_written"})
@@ -76,6 +81,31 @@ def named_caches(caches: BaseCache | Iterable[BaseCache] | Mapping[str, BaseCach
     return named
 
 
+#: What LLM hits saved, per namespace and model: (figure, description).
+_SAVED = (
+    ("hits", "LLM calls answered from the cache"),
+    ("unpriced_hits", "LLM hits whose model no offline price table knows"),
+    ("upstream_seconds", "upstream time hits saved (as measured when stored)"),
+    ("cost_usd", "USD hits saved (priced hits only; no price is guessed)"),
+    ("tokens", "tokens hits saved"),
+)
+_SAVED_TOKENS = ("prompt", "completion", "cached_prompt")
+
+
+def _saved_observations(cache: BaseCache, name: str
+                        ) -> list[tuple[float, dict[str, str]]]:
+    """``(value, {namespace, model[, kind]})`` pairs of one saved figure of one cache."""
+    found: list[tuple[float, dict[str, str]]] = []
+    for namespace, model, row in ledger_of(cache).rows():
+        labels = {"namespace": namespace, "model": model}
+        if name == "tokens":
+            found += [(float(row[f"{kind}_tokens"]), {**labels, "kind": kind})
+                      for kind in _SAVED_TOKENS]
+        elif row.get(name) is not None:
+            found.append((float(row[name]), labels))
+    return found
+
+
 def _histograms(cache: BaseCache) -> dict[str, HistogramSnapshot]:
     # BaseCache keeps its CacheStats private; the exporters live in the same package.
     stats = getattr(cache, "_stats", None)
@@ -91,7 +121,12 @@ class PrometheusExporter:
       sets, errors, timeouts, ``bytes_read``...);
     * ``asynccache_namespace_{hits,misses,sets}_total`` with a ``namespace`` label;
     * ``asynccache_operation_seconds`` histogram with an ``operation`` label;
-    * ``asynccache_hit_ratio`` gauge.
+    * ``asynccache_hit_ratio`` gauge;
+    * what LLM hits saved, labelled ``namespace`` and ``model``:
+      ``asynccache_saved_hits_total``, ``asynccache_saved_unpriced_hits_total``,
+      ``asynccache_saved_tokens_total`` (label ``kind``: prompt, completion,
+      cached_prompt), ``asynccache_saved_cost_usd_total`` (priced models only) and
+      ``asynccache_saved_upstream_seconds_total``.
 
     >>> exporter = PrometheusExporter({"answers": cache})        # doctest: +SKIP
     >>> exporter.start_http_server(9464)                         # doctest: +SKIP
@@ -160,6 +195,19 @@ class PrometheusExporter:
         yield from per_ns.values()
         yield ratio
         yield latency
+        yield from self._saved_families()
+
+    def _saved_families(self) -> Iterator[Any]:
+        core, p = self._core, self.prefix
+        labels = ["cache", "backend", "namespace", "model"]
+        for name, description in _SAVED:
+            family = core.CounterMetricFamily(
+                f"{p}_saved_{name}", description,
+                labels=[*labels, "kind"] if name == "tokens" else labels)
+            for label, cache in self.caches.items():
+                for value, attributes in _saved_observations(cache, name):
+                    family.add_metric([label, cache.backend.name, *attributes.values()], value)
+            yield family
 
     def start_http_server(self, port: int, addr: str = "127.0.0.1") -> Any:
         """Serve ``/metrics`` on ``addr:port`` (loopback by default); returns the server."""
@@ -188,12 +236,17 @@ class OpenTelemetryMetrics:
 
         ``kind`` is a counter name (``"hits"``...), ``"namespace_hits"`` (and misses,
         sets), ``"operation_count"``, ``"operation_duration_sum"``,
-        ``"operation_p50"`` or ``"operation_p99"`` (milliseconds).
+        ``"operation_p50"`` or ``"operation_p99"`` (milliseconds), or what LLM hits
+        saved: ``"saved_hits"``, ``"saved_unpriced_hits"``, ``"saved_tokens"``,
+        ``"saved_cost_usd"``, ``"saved_upstream_seconds"``.
         """
         found: list[tuple[float, dict[str, str]]] = []
         for label, cache in self.caches.items():
             base = {"cache": label, "backend": cache.backend.name}
-            if kind in COUNTERS:
+            if kind.startswith("saved_"):
+                found += [(value, {**base, **attributes}) for value, attributes
+                          in _saved_observations(cache, kind.removeprefix("saved_"))]
+            elif kind in COUNTERS:
                 found.append((float(cache.stats().get(kind, 0)), base))
             elif kind.startswith("namespace_"):
                 name = kind.removeprefix("namespace_")
@@ -225,7 +278,11 @@ def enable_opentelemetry(
     misses, sets, errors, ``bytes_read``...), ``asynccache.namespace.{hits,misses,sets}``,
     ``asynccache.operation.count`` / ``asynccache.operation.duration`` (sum, seconds)
     counters and ``asynccache.operation.p50`` / ``.p99`` gauges (ms), with attributes
-    ``cache``, ``backend``, ``namespace``, ``operation``.
+    ``cache``, ``backend``, ``namespace``, ``operation``; and what LLM hits saved:
+    ``asynccache.saved.hits``, ``asynccache.saved.unpriced_hits``,
+    ``asynccache.saved.tokens`` (attribute ``kind``), ``asynccache.saved.cost`` (unit
+    ``USD``) and ``asynccache.saved.upstream_time`` (``s``), with ``namespace`` and
+    ``model``.
 
     >>> from opentelemetry import metrics                    # doctest: +SKIP
     >>> enable_opentelemetry(cache)                          # doctest: +SKIP
@@ -264,6 +321,18 @@ def enable_opentelemetry(
         "asynccache.operation.duration", callbacks=[callback("operation_duration_sum")],
         unit="s", description="total time spent in backend operations",
     ))
+    for name, unit, description in (
+        ("hits", "1", "LLM calls answered from the cache"),
+        ("unpriced_hits", "1", "LLM hits whose model no offline price table knows"),
+        ("tokens", "1", "tokens LLM hits saved"),
+        ("cost_usd", "USD", "USD LLM hits saved (priced models only)"),
+        ("upstream_seconds", "s", "upstream time LLM hits saved"),
+    ):
+        instrument = {"cost_usd": "cost", "upstream_seconds": "upstream_time"}.get(name, name)
+        instruments.append(meter.create_observable_counter(
+            f"asynccache.saved.{instrument}", callbacks=[callback(f"saved_{name}")],
+            unit=unit, description=description,
+        ))
     for q in ("p50", "p99"):
         instruments.append(meter.create_observable_gauge(
             f"asynccache.operation.{q}", callbacks=[callback(f"operation_{q}")], unit="ms",

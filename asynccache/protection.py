@@ -33,6 +33,11 @@ from typing import Any
 
 from .exceptions import ConfigurationError, MissingExtraError
 
+__all__ = [
+    "COMPRESSED_ZLIB", "COMPRESSED_ZSTD", "DEFAULT_COMPRESSION_MIN_SIZE", "ENCRYPTED", "FLAGS",
+    "PLAIN", "Unreadable", "ValueProtection", "generate_key", "key_id",
+]
+
 #: Entry flags (bits of the envelope's flags byte) owned by this module.
 COMPRESSED_ZLIB = 4
 ENCRYPTED = 8

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+__all__ = [
+    "mask", "redact",
+]
+
 _PATTERNS = [
     # user:password@ in URLs (redis://:pw@host, rediss://user:pw@host)
     (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@"),

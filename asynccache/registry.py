@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .exceptions import ConfigurationError, MissingExtraError
 
+__all__ = ["BackendSpec", "backend_factory", "cache_types", "canonical_type", "extra_settings"]
+
 if TYPE_CHECKING:
-    from .base import Backend
+    from .contract import Backend
 
 
 @dataclass(frozen=True)
@@ -20,35 +22,61 @@ class BackendSpec:
     target: str  # "module:callable" returning a Backend
     extra: str | None
     description: str
+    #: "module:ATTRIBUTE" naming the settings the factory takes through ``**options``.
+    options: str | None = None
 
+
+_REDIS_OPTIONS = "asynccache.backends.redis_settings:REDIS_SETTINGS"
 
 _SPECS: dict[str, BackendSpec] = {
     "local": BackendSpec("asynccache.backends.memory:MemoryBackend", None, "in-process LRU"),
+    "dual": BackendSpec("asynccache.dual:create_dual_backend", None,
+                        "in-process L1 in front of any L2 cache"),
     "disk": BackendSpec("asynccache.backends.disk:DiskBackend", None, "files on local disk"),
+    "cassette": BackendSpec("asynccache.backends.cassette:CassetteBackend", None,
+                            "recorded answers in a JSON file, replayed in tests"),
     "redis": BackendSpec("asynccache.backends.redis:create_redis_backend", "redis",
-                         "Redis or Redis Cluster"),
+                         "Redis or Redis Cluster", _REDIS_OPTIONS),
     "redis-cluster": BackendSpec("asynccache.backends.redis_cluster:RedisClusterBackend",
-                                 "redis", "Redis Cluster"),
+                                 "redis", "Redis Cluster", _REDIS_OPTIONS),
+    "memcached": BackendSpec("asynccache.backends.memcached:MemcachedBackend", "memcached",
+                             "one or more memcached nodes"),
     "s3": BackendSpec("asynccache.backends.s3:S3Backend", "s3", "Amazon S3 or compatible"),
     "gcs": BackendSpec("asynccache.backends.gcs:GCSBackend", "gcs", "Google Cloud Storage"),
     "azure_blob": BackendSpec("asynccache.backends.azure_blob:AzureBlobBackend", "azure",
                               "Azure Blob Storage"),
+    "sqlite": BackendSpec("asynccache.backends.sqlite:SQLiteBackend", None,
+                          "one SQLite file (WAL, group commit)"),
+    "sql": BackendSpec("asynccache.backends.sql:SQLBackend", "sql",
+                       "PostgreSQL, MariaDB/MySQL or SQLite through SQLAlchemy asyncio"),
     "redis-semantic": BackendSpec("asynccache.semantic.redis:RedisSemanticBackend", "redis",
-                                  "semantic cache on Redis vector search"),
+                                  "semantic cache on Redis vector search", _REDIS_OPTIONS),
     "qdrant-semantic": BackendSpec("asynccache.semantic.qdrant:QdrantSemanticBackend", "qdrant",
                                    "semantic cache on Qdrant"),
+    "postgres-semantic": BackendSpec("asynccache.semantic.pgvector:PgVectorSemanticBackend",
+                                     "postgres", "semantic cache on PostgreSQL + pgvector"),
+    "local-semantic": BackendSpec("asynccache.semantic.embedded:LocalSemanticBackend",
+                                  "local-semantic",
+                                  "semantic cache with no server: in-process index over disk"),
 }
 _ALIASES = {"memory": "local", "in-memory": "local", "redis_cluster": "redis-cluster",
             "azure-blob": "azure_blob", "azure": "azure_blob", "redis_semantic": "redis-semantic",
-            "qdrant_semantic": "qdrant-semantic"}
+            "qdrant_semantic": "qdrant-semantic", "local_semantic": "local-semantic",
+            "sqlite3": "sqlite", "postgres_semantic": "postgres-semantic",
+            "pgvector": "postgres-semantic"}
+
+
+#: Aliases listed with the type names (``"memory"`` is what most users write first).
+_LISTED_ALIASES = ("memory",)
 
 
 def cache_types() -> list[str]:
-    """Every type name :class:`~asynccache.Cache` accepts (aliases excluded)."""
-    return sorted(_SPECS)
+    """Every type name :class:`~asynccache.Cache` accepts (spelling variants excluded)."""
+    return sorted([*_SPECS, *_LISTED_ALIASES])
 
 
 def canonical_type(type_name: str) -> str:
+    """The registered name of a type name or alias; raise listing the choices."""
     if not isinstance(type_name, str):
         raise ConfigurationError(f"cache type must be a str, got {type_name!r}")
     name = _ALIASES.get(type_name.lower(), type_name.lower())
@@ -76,14 +104,11 @@ def backend_factory(type_name: str) -> Callable[..., Backend]:
     return factory
 
 
-def create_backend(type_name: str, settings: dict[str, Any]) -> Backend:
-    """Build the backend for ``type_name``; unknown settings raise naming the setting."""
-    factory = backend_factory(type_name)
-    try:
-        return factory(**settings)
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc) or "positional argument" in str(exc):
-            raise ConfigurationError(
-                f"Cache(type={type_name!r}) does not accept that setting: {exc}"
-            ) from exc
-        raise
+def extra_settings(type_name: str) -> frozenset[str]:
+    """Settings the backend of ``type_name`` takes through ``**options`` (imported lazily)."""
+    spec = _SPECS[canonical_type(type_name)]
+    if spec.options is None:
+        return frozenset()
+    module_name, _, attribute = spec.options.partition(":")
+    names: frozenset[str] = getattr(importlib.import_module(module_name), attribute)
+    return names

@@ -6,6 +6,13 @@ and sets, per namespace. Every backend operation's duration (``get``, ``set``,
 recording is O(log buckets) with no allocation, and p50/p99 are estimated from the
 buckets (within one bucket's width, about 33 %).
 
+The read and write hot paths count into a :class:`Tally`: plain integer slots owned by
+one thread and one namespace, written without a lock (only the owning thread writes
+them, so no update is lost) and summed under the lock when :meth:`CacheStats.snapshot`
+is read. In-process backends time one call in :data:`SAMPLE_EVERY` (the first one
+included): their histograms are samples of the call durations, while every counter
+still counts every call.
+
 >>> stats = CacheStats()
 >>> stats.add("hits", namespace="eu")
 >>> stats.observe("get", 0.0004)
@@ -21,7 +28,14 @@ import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from threading import get_ident
 from typing import Any
+
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "COUNTERS", "LATENCY_BUCKETS", "CacheStats", "HistogramSnapshot",
+]
 
 #: Counter names, in the order ``stats()`` reports them.
 COUNTERS = (
@@ -30,6 +44,19 @@ COUNTERS = (
     "queued", "flushed", "flush_retries", "dropped", "given_up",
 )
 _PER_NAMESPACE = ("hits", "misses", "sets")
+#: In-process backends time one call in this many (see the module docstring).
+SAMPLE_EVERY = 64
+
+
+class Tally:
+    """Hot-path counters of one thread for one namespace (see the module docstring)."""
+
+    __slots__ = ("bytes_read", "bytes_written", "corrupt_entries", "expired", "hits",
+                 "misses", "set_failures", "sets")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.bytes_read = self.corrupt_entries = self.expired = 0
+        self.sets = self.set_failures = self.bytes_written = 0
 
 #: Upper bounds (seconds) of the latency buckets: 1 µs to 100 s, 8 per decade (x1.33).
 #: One more bucket past the last bound catches anything slower.
@@ -59,7 +86,7 @@ class HistogramSnapshot:
         to the observed min and max, so a single observation returns itself.
         """
         if not 0 <= q <= 1:
-            raise ValueError(f"quantile must be between 0 and 1, got {q!r}")
+            raise ConfigurationError(f"quantile must be between 0 and 1, got {q!r}")
         if self.count == 0:
             return 0.0
         rank = q * self.count
@@ -141,6 +168,37 @@ class CacheStats:
         self._totals: Counter[str] = Counter()
         self._namespaces: dict[str, Counter[str]] = {}
         self._latency: dict[str, _Histogram] = {}
+        self._tallies: dict[tuple[int, str | None], Tally] = {}
+
+    def tally(self, namespace: str | None) -> Tally:
+        """The calling thread's :class:`Tally` for ``namespace``: add to its slots freely.
+
+        Only the calling thread may write the returned tally; take a fresh one per
+        operation rather than keeping it (a reset replaces them).
+        """
+        key = (get_ident(), namespace)
+        found = self._tallies.get(key)
+        if found is None:
+            with self._lock:
+                found = self._tallies.setdefault(key, Tally())
+        return found
+
+    def _merged(self) -> tuple[Counter[str], dict[str, Counter[str]]]:
+        """Totals and per-namespace counters with every tally added (lock held)."""
+        totals = Counter(self._totals)
+        namespaces = {label: Counter(bucket) for label, bucket in self._namespaces.items()}
+        for (_, namespace), tally in list(self._tallies.items()):
+            label = "" if namespace is None else namespace
+            for name in Tally.__slots__:
+                amount = getattr(tally, name)
+                if amount:
+                    totals[name] += amount
+                    if name in _PER_NAMESPACE:
+                        bucket = namespaces.get(label)
+                        if bucket is None:
+                            bucket = namespaces[label] = Counter()
+                        bucket[name] += amount
+        return totals, namespaces
 
     def add(self, name: str, amount: int = 1, namespace: str | None = None) -> None:
         """Add ``amount`` to counter ``name`` (and to ``namespace``'s, for hits/misses/sets)."""
@@ -190,7 +248,8 @@ class CacheStats:
             histogram.add(seconds)
 
     def __getitem__(self, name: str) -> int:
-        return self._totals[name]
+        with self._lock:
+            return self._merged()[0][name]
 
     def histograms(self) -> dict[str, HistogramSnapshot]:
         """A copy of every operation's latency histogram, by operation name."""
@@ -210,11 +269,12 @@ class CacheStats:
         and max in milliseconds.
         """
         with self._lock:
-            totals: dict[str, Any] = {name: self._totals[name] for name in COUNTERS}
+            merged, by_namespace = self._merged()
+            totals: dict[str, Any] = {name: merged[name] for name in COUNTERS}
             lookups = totals["hits"] + totals["misses"]
             totals["hit_rate"] = round(totals["hits"] / lookups, 4) if lookups else 0.0
             namespaces: dict[str, Any] = {}
-            for label, bucket in self._namespaces.items():
+            for label, bucket in by_namespace.items():
                 ns: dict[str, Any] = {name: bucket[name] for name in _PER_NAMESPACE}
                 ns_lookups = ns["hits"] + ns["misses"]
                 ns["hit_rate"] = round(ns["hits"] / ns_lookups, 4) if ns_lookups else 0.0
@@ -229,3 +289,6 @@ class CacheStats:
             self._totals.clear()
             self._namespaces.clear()
             self._latency.clear()
+            # A fresh map: a hot path that took its tally just before the reset counts
+            # into the old one, which is dropped (that operation raced the reset).
+            self._tallies = {}

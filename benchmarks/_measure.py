@@ -37,18 +37,25 @@ class Result:
 
 
 class LoopLagProbe:
-    """A ticker task that records how late each wake-up was (event-loop lag)."""
+    """A ticker task that records how late each wake-up was (event-loop lag).
 
-    def __init__(self, interval: float = 0.001) -> None:
+    With ``count_final_stall``, the wake-up still pending when the probe stops counts too:
+    a contender that never yields (a blocking call inside ``async def``) then shows its
+    whole run as one stall instead of no figure at all.
+    """
+
+    def __init__(self, interval: float = 0.001, *, count_final_stall: bool = False) -> None:
         self.interval = interval
+        self.count_final_stall = count_final_stall
         self.lags: list[float] = []
         self._task: asyncio.Task[None] | None = None
+        self._expected = 0.0
 
     async def _tick(self) -> None:
         while True:
-            expected = time.perf_counter() + self.interval
+            self._expected = time.perf_counter() + self.interval
             await asyncio.sleep(self.interval)
-            self.lags.append(max(0.0, time.perf_counter() - expected))
+            self.lags.append(max(0.0, time.perf_counter() - self._expected))
 
     async def __aenter__(self) -> LoopLagProbe:
         self._task = asyncio.get_running_loop().create_task(self._tick())
@@ -56,6 +63,10 @@ class LoopLagProbe:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
+        if self.count_final_stall and self._expected:
+            stalled = time.perf_counter() - self._expected
+            if stalled > 0:
+                self.lags.append(stalled)
         self._task.cancel()
         try:
             await self._task
@@ -78,14 +89,20 @@ async def measure(
     repeats: int = 5,
     warmup: int = 1,
     probe_loop: bool = False,
+    count_final_stall: bool = False,
 ) -> Result:
-    """Time ``run`` (which does ``ops`` operations) and return its :class:`Result`."""
+    """Time ``run`` (which does ``ops`` operations) and return its :class:`Result`.
+
+    ``probe_loop`` records the event loop's lag during the timed runs (see
+    :class:`LoopLagProbe` for ``count_final_stall``).
+    """
     for _ in range(warmup):
         await run()
     durations: list[float] = []
-    probe = LoopLagProbe() if probe_loop else None
+    probe = LoopLagProbe(count_final_stall=count_final_stall) if probe_loop else None
     if probe is not None:
         await probe.__aenter__()
+        await asyncio.sleep(0)  # let the ticker arm its first wake-up
     try:
         for _ in range(repeats):
             started = time.perf_counter()

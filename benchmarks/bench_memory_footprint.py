@@ -9,7 +9,9 @@ is counted). The child imports the library, creates the cache, takes a baseline,
 * ``rss`` (full runs only): growth of the process's resident set, which also shows the
   allocator's overhead and fragmentation.
 
-``payload_bytes`` is the compact JSON size of one completion, for reference.
+``payload_bytes`` is the compact JSON size of one completion, for reference. The limit
+row is a plain dict of key -> exact-size entry bytes (header + orjson payload): what
+asynccache must keep at the very least.
 Run alone: ``python -m benchmarks.bench_memory_footprint [--quick]``.
 """
 
@@ -31,7 +33,7 @@ from benchmarks._measure import Result
 
 LIBRARIES = (
     "asynccache MemoryCache",
-    "dict (limit)",
+    "dict + exact-size bytes (limit)",
     "litellm InMemoryCache",
     "aiocache SimpleMemoryCache",
     "cashews mem://",
@@ -59,11 +61,15 @@ async def _fill(library: str, entries: int) -> tuple[Any, float]:
 
         async def put(key: str, value: Any) -> None:
             await cache.async_set_cache(key, value, ttl=TTL)
-    elif library == "dict (limit)":
+    elif library == "dict + exact-size bytes (limit)":
+        # What asynccache keeps: the key and one exact-size bytes per entry (its 21-byte
+        # header plus the orjson payload), with nothing else.
+        from benchmarks.bench_core import ENTRY_HEADER
+
         cache = {}
 
         async def put(key: str, value: Any) -> None:
-            cache[key] = value
+            cache[key] = ENTRY_HEADER + orjson.dumps(value)
     elif library == "litellm InMemoryCache":
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         from litellm.caching.in_memory_cache import InMemoryCache
@@ -186,7 +192,7 @@ async def run(quick: bool) -> list[Result]:
         rss = figures.get((library, "rss"))
         if rss is not None:
             extra["rss_bytes_per_entry"] = round(rss["bytes_per_entry"], 1)
-        if library == "dict (limit)":
+        if library == "dict + exact-size bytes (limit)":
             extra["role"] = "limit"
         seconds = main["seconds"]
         results.append(Result(scenario, library, entries, seconds, seconds, seconds,

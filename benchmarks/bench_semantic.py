@@ -1,4 +1,4 @@
-"""Semantic caches: lookup latency and throughput at 10k entries, and hit precision/recall.
+"""Semantic caches: lookup latency and throughput at 10k entries, and hit quality.
 
 Run with ``python -m benchmarks.bench_semantic`` (``--quick`` for a short run). It starts
 its own valkey-server with RediSearch on 127.0.0.1 and uses embedded in-memory Qdrant.
@@ -15,9 +15,9 @@ its own valkey-server with RediSearch on 127.0.0.1 and uses embedded in-memory Q
   separately.
 * **Local embedding time**: all-MiniLM-L6-v2 int8 on onnxruntime, one text per call and
   batches of 32, in the worker thread.
-* **Precision / recall**: every labelled pair of ``data/paraphrase_pairs.json`` is scored
-  by both stores with the local model (``a`` stored, ``b`` looked up, one namespace per
-  pair); a pair counts as a predicted hit when its similarity reaches the threshold.
+* **Hit quality**: :mod:`benchmarks.semantic_quality`: precision and recall per pair kind
+  on the test half of ``data/semantic_pairs.json``, with and without the semantic guard,
+  through every store, at the threshold chosen on the dev half; and the guard's cost.
 """
 
 from __future__ import annotations
@@ -27,18 +27,17 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from asynccache import Cache
 from asynccache.semantic import HashEmbedder, LocalEmbedder
+from benchmarks import semantic_quality
 from benchmarks._measure import Result, measure
 from tests.servers.processes import running, start_valkey
 
-THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
-PAIRS_FILE = Path(__file__).parent / "data" / "paraphrase_pairs.json"
 _TOPICS = ("python", "cooking", "finance", "travel", "physics", "history", "music", "health",
            "gardening", "databases", "football", "poetry", "chemistry", "law", "marketing")
 
@@ -61,8 +60,19 @@ def _answer(i: int) -> dict[str, Any]:
                          "message": {"role": "assistant", "content": "An answer. " * 150}}]}
 
 
+_FOLDERS: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _local_semantic(embedding: Any, threshold: float = 0.8, cache_size: int = 0) -> Cache:
+    folder = tempfile.TemporaryDirectory(prefix="asynccache-bench-semantic-")
+    _FOLDERS.append(folder)
+    return Cache(type="local-semantic", disk_cache_dir=folder.name, embedding=embedding,
+                 similarity_threshold=threshold, embedding_cache_size=cache_size)
+
+
 def _caches(redis_port: int, embedding: Any, threshold: float = 0.8) -> dict[str, Cache]:
     return {
+        "local-semantic": _local_semantic(embedding, threshold),
         "redis-semantic": Cache(type="redis-semantic", host="127.0.0.1", port=redis_port,
                                 embedding=embedding, similarity_threshold=threshold,
                                 embedding_cache_size=0, timeout=None,
@@ -140,6 +150,67 @@ async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
     return results
 
 
+async def run_embedded(quick: bool) -> list[Result]:
+    """local-semantic at 10,000 entries in one filter partition, embedding excluded.
+
+    Every stored prompt shares the model, temperature and system prompt, so all 10,000
+    rows fall in one exact-match partition: the search scores all of them. The query
+    vectors are embedded before the timed lookups (the embedder's LRU answers), so the
+    figures are the lookup itself: the exact-key read, the filter hash, the index search
+    and the read of the matched entry.
+    """
+    entries = 10_000
+    lookups = 200 if quick else 1_000
+    cache = _local_semantic(HashEmbedder(384), cache_size=lookups + 16)
+    try:
+        fill_s = await _fill(cache, entries)
+        rng = random.Random(11)
+        queries = [
+            _chat(_prompt(rng.randrange(entries)) + " Please explain.") if n % 2 == 0
+            else _chat(f"Unseen prompt {n} about {rng.choice(_TOPICS)} and the weather")
+            for n in range(lookups)
+        ]
+        backend: Any = cache.backend
+        texts = [q["messages"][-1]["content"] for q in queries]
+        await backend.semantic.embedder.embed(texts)
+        calls_before = backend.semantic.embedder.calls
+        latencies: list[float] = []
+        hits = 0
+        for query in queries:
+            started = time.perf_counter()
+            hit = await cache.async_lookup(query)
+            latencies.append(time.perf_counter() - started)
+            hits += hit is not None
+        if backend.semantic.embedder.calls != calls_before:
+            raise AssertionError("the timed lookups called the embedder")
+        latencies.sort()
+
+        async def sequential() -> None:
+            for query in queries:
+                await cache.async_lookup(query)
+
+        result = await measure(f"embedded semantic lookup, {entries:,} entries (one filter)",
+                               "local-semantic", sequential, lookups, repeats=3,
+                               probe_loop=True)
+        result.extra = {
+            "entries": entries, "fill_s": round(fill_s, 2),
+            "p50_ms": round(statistics.median(latencies) * 1000, 3),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+                            * 1000, 3),
+            "lookups": lookups, "hit_rate": round(hits / lookups, 3),
+            "errors": cache.stats()["errors"], "embedding": "excluded (LRU)",
+        }
+        return [result]
+    finally:
+        await cache.aclose()
+        _cleanup()
+
+
+def _cleanup() -> None:
+    while _FOLDERS:
+        _FOLDERS.pop().cleanup()
+
+
 async def _embedding_figures(quick: bool) -> list[Result]:
     embed = LocalEmbedder()
     texts = [_prompt(i) for i in range(64 if quick else 256)]
@@ -163,67 +234,58 @@ async def _embedding_figures(quick: bool) -> list[Result]:
     return [result]
 
 
-async def _precision_recall(redis_port: int) -> list[Result]:
-    pairs = json.loads(PAIRS_FILE.read_text())["pairs"]
+async def _quality(redis_port: int) -> list[Result]:
+    started = time.perf_counter()
+    report = await semantic_quality.quality(redis_port)
+    elapsed = time.perf_counter() - started
+    semantic_quality.RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    semantic_quality.RESULTS.write_text(json.dumps(report, indent=1) + "\n")
     results: list[Result] = []
-    scores: dict[str, list[float]] = {}
-    for name, cache in _caches(redis_port, LocalEmbedder(), threshold=0.0).items():
-        backend: Any = cache.backend
-        try:
-            started = time.perf_counter()
-            similarities: list[float] = []
-            for index, pair in enumerate(pairs):
-                prefix = f"pair{index}:"
-                stored = _chat(pair["a"])
-                item = cache._encode(cache.get_cache_key(**stored), "answer", None,
-                                     f"pair{index}", cache.clock())
-                await backend.index_similar(stored, item, prefix=prefix)
-                found = await backend.search_similar(_chat(pair["b"]), prefix=prefix,
-                                                     threshold=0.0)
-                similarities.append(0.0 if found is None else found[1])
-            elapsed = time.perf_counter() - started
-        finally:
-            await cache.aclose()
-        scores[name] = similarities
-        table: dict[str, dict[str, float]] = {}
-        for threshold in THRESHOLDS:
-            tp = sum(s >= threshold and p["paraphrase"] for s, p in zip(similarities, pairs,
-                                                                         strict=True))
-            fp = sum(s >= threshold and not p["paraphrase"] for s, p in zip(similarities, pairs,
-                                                                             strict=True))
-            positives = sum(p["paraphrase"] for p in pairs)
-            precision = tp / (tp + fp) if tp + fp else 1.0
-            recall = tp / positives if positives else 0.0
-            table[f"{threshold:.2f}"] = {"precision": round(precision, 3),
-                                         "recall": round(recall, 3), "tp": tp, "fp": fp}
-        results.append(Result(f"paraphrase precision/recall ({len(pairs)} pairs)", name,
-                              len(pairs), elapsed, elapsed, elapsed, extra={"by_threshold": table}))
-    redis_s, qdrant_s = scores["redis-semantic"], scores["qdrant-semantic"]
-    drift = max(abs(a - b) for a, b in zip(redis_s, qdrant_s, strict=True))
-    for result in results:
-        result.extra["max_similarity_difference_between_stores"] = round(drift, 6)
+    tested = report["pairs"]["test"]
+    for name, figures in report["stores"].items():
+        extra: dict[str, Any] = {"threshold": report["threshold"],
+                                 "guard_mean_us": figures["semantic"]["guard_mean_us"],
+                                 "guard_cold_us": report["guard_cold_us_per_check"],
+                                 "lookup_p50_ms": figures["lookup_p50_ms"]}
+        for mode in ("guard", "no_guard"):
+            table = figures[mode]
+            kinds = table["by_kind"]
+            extra[mode] = {
+                "precision": table["precision"], "recall": table["recall"],
+                "paraphrase_recall": kinds["paraphrase"]["recall"],
+                "false_hit_rate": {k: kinds[k]["false_hit_rate"] for k in kinds
+                                   if kinds[k]["false_hit_rate"] is not None},
+            }
+        results.append(Result(f"semantic hit quality, test half ({tested} pairs)", name,
+                              tested, elapsed, elapsed, elapsed, extra=extra))
     return results
 
 
 async def run(quick: bool) -> list[Result]:
-    """Lookup latency/throughput per store, local embedding time, precision/recall."""
+    """Lookup latency/throughput per store, local embedding time, hit quality."""
     server = start_valkey()
-    with running(server):
-        results = await _lookup_figures(server.port, quick)
-        results += await _embedding_figures(quick)
-        results += await _precision_recall(server.port)
+    try:
+        with running(server):
+            results = await _lookup_figures(server.port, quick)
+            results += await run_embedded(quick)
+            results += await _embedding_figures(quick)
+            results += await _quality(server.port)
+    finally:
+        _cleanup()
     return results
 
 
 def _report(results: list[Result]) -> None:
     for result in results:
         print(f"{result.library:16s} {result.scenario}")
-        if "by_threshold" in result.extra:
-            for threshold, row in result.extra["by_threshold"].items():
-                print(f"    threshold {threshold}: precision {row['precision']:.3f}  "
-                      f"recall {row['recall']:.3f}  (tp {row['tp']}, fp {row['fp']})")
-            print(f"    max similarity difference redis vs qdrant: "
-                  f"{result.extra['max_similarity_difference_between_stores']}")
+        if "no_guard" in result.extra:
+            for mode in ("guard", "no_guard"):
+                row = result.extra[mode]
+                print(f"    {mode:8s} precision {row['precision']:.3f}  recall {row['recall']:.3f}"
+                      f"  paraphrase recall {row['paraphrase_recall']:.3f}  "
+                      f"false-hit rates {row['false_hit_rate']}")
+            print(f"    threshold {result.extra['threshold']} (dev), guard "
+                  f"{result.extra['guard_mean_us']} us per candidate")
             continue
         lag = result.loop_lag_p99_ms
         print(f"    {result.ops_per_s:10,.0f} ops/s  loop lag p99 "

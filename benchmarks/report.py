@@ -6,10 +6,13 @@ everything else is a peer. In each scenario the first asynccache row is the refe
 
 * ``asynccache_x`` on a peer or limit row: how many times faster the reference is
   (``benchmarks._measure.ratio(reference, row)``; below 1 means slower);
-* ``of_limit`` on an asynccache row: its ops/s as a fraction of the limit's.
+* ``of_limit`` on an asynccache row: its ops/s as a fraction of the limit's;
+* ``of_best_peer`` on an asynccache row: its ops/s over the fastest peer's (above 1:
+  asynccache is faster).
 
 Footprint rows (``extra["bytes_per_entry"]``) compare memory instead: ``asynccache_x``
-is the row's bytes per entry over the reference's (above 1: asynccache uses less).
+is the row's bytes per entry over the reference's (above 1: asynccache uses less), and
+``of_limit`` / ``of_best_peer`` are the other row's bytes over asynccache's.
 
 ``python -m benchmarks.report benchmarks/results/latest.json [--markdown] [--png F]``
 re-renders a saved run.
@@ -69,6 +72,23 @@ def _is_footprint(result: Result) -> bool:
     return "bytes_per_entry" in result.extra
 
 
+def _best(rows: Sequence[Result]) -> Result | None:
+    """The fastest row (footprint: the one using the fewest bytes per entry)."""
+    if not rows:
+        return None
+    if _is_footprint(rows[0]):
+        return min(rows, key=lambda r: r.extra.get("bytes_per_entry") or float("inf"))
+    return max(rows, key=lambda r: r.ops_per_s)
+
+
+def _compare(ours: Result, other: Result) -> float | None:
+    """How many times better ``ours`` is: ops/s over ops/s, or bytes over bytes (footprint)."""
+    if _is_footprint(ours):
+        mine = ours.extra.get("bytes_per_entry")
+        return other.extra["bytes_per_entry"] / mine if mine else None
+    return ratio(ours, other)
+
+
 def compute_ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
     """One row per result: its role and its ratio to the scenario's reference and limit."""
     rows: list[dict[str, Any]] = []
@@ -79,10 +99,13 @@ def compute_ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
         # scenario) is the limit there.
         limits = [r for r in group if r.extra.get("role") == "limit" or role(r) == "limit"]
         limit = limits[0] if limits else None
+        peers = [r for r in group if role(r) == "peer" and r.extra.get("role") != "limit"]
+        best_peer = _best(peers)
         for result in group:
             row: dict[str, Any] = {"scenario": scenario, "library": result.library,
                                    "role": role(result), "reference": None,
-                                   "asynccache_x": None, "of_limit": None}
+                                   "asynccache_x": None, "of_limit": None,
+                                   "of_best_peer": None, "best_peer": None}
             if reference is not None and result is not reference:
                 row["reference"] = reference.library
                 if _is_footprint(result):
@@ -97,13 +120,27 @@ def compute_ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
                     row["of_limit"] = limit.extra["bytes_per_entry"] / theirs if theirs else None
                 else:
                     row["of_limit"] = ratio(result, limit)
+            if row["role"] == "asynccache" and best_peer is not None:
+                row["best_peer"] = best_peer.library
+                row["of_best_peer"] = _compare(result, best_peer)
             rows.append(row)
     return rows
 
 
 @dataclass(frozen=True)
 class Target:
-    """A goal from a backend issue: asynccache's ops/s over a rival's, same scenario."""
+    """A goal from an issue, checked on one run's rows.
+
+    ``metric`` says what is compared:
+
+    * ``"ops"``: asynccache's ops/s over the rival's (``rival`` is a library-name prefix);
+    * ``"bytes"``: asynccache's bytes per entry over the rival's;
+    * ``"lag"``: asynccache's event-loop lag p99 in ms (no rival);
+    * ``"p50_ms"``: asynccache's median latency in ms (``extra["p50_ms"]``, no rival).
+
+    The target is met when the figure is at least ``minimum``, or at most ``minimum``
+    when ``at_most`` is set.
+    """
 
     scenario: str
     rival: str
@@ -111,16 +148,45 @@ class Target:
     source: str
     rival_scenario: str | None = None  # compare with another scenario's row when set
     ours: str = "asynccache"  # library-name prefix of the asynccache row to compare
+    metric: str = "ops"
+    at_most: bool = False
 
 
-#: Targets set by the backend issues. Scenario and library names are those the bench
-#: modules report; a target whose rows are missing is "not measured".
+#: Targets set by the issues. Scenario and library names are those the bench modules
+#: report; a target whose rows are missing is "not measured".
 TARGETS: tuple[Target, ...] = (
+    Target("memory get 2kb", "dict + orjson.loads", 0.8,
+           "memory: get >= 0.8x dict + orjson.loads of exact-size bytes"),
+    Target("memory set 2kb", "dict + orjson.dumps", 0.6,
+           "memory: set >= 0.6x dict + orjson.dumps + exact-size copy"),
+    Target("memory batch get", "dict + orjson.loads", 0.8,
+           "memory: batch get >= 0.8x dict + orjson.loads per item"),
+    Target("memory footprint", "dict + exact-size bytes", 1.1,
+           "memory: bytes per entry <= 1.1x a dict of exact-size entry bytes",
+           metric="bytes", at_most=True),
+    Target("facade hit", "litellm cache.async_get_cache", 3.0,
+           "lookup by request (key + get) >= 3x litellm Cache.async_get_cache"),
+    Target("disk get 2kb (sequential)", "litellm diskcache", 0.5,
+           "disk: sequential get >= 0.5x LiteLLM DiskCache"),
+    Target("disk set 2kb (sequential)", "litellm diskcache", 1.0,
+           "disk: sequential set >= 1x LiteLLM DiskCache"),
+    Target("disk get 2kb x64 tasks", "litellm diskcache", 2.0,
+           "disk: 64 concurrent tasks >= 2x LiteLLM DiskCache"),
+    Target("disk set 2kb x64 tasks", "litellm diskcache", 2.0,
+           "disk: 64 concurrent tasks >= 2x LiteLLM DiskCache"),
+    Target("disk get 2kb (sequential)", "", 1.0, "disk: sequential get, loop-stall p99 < 1 ms",
+           metric="lag", at_most=True),
+    Target("disk set 2kb (sequential)", "", 1.0, "disk: sequential set, loop-stall p99 < 1 ms",
+           metric="lag", at_most=True),
+    Target("embedded semantic lookup", "", 2.0,
+           "local-semantic: p50 <= 2 ms at 10,000 entries (filter included, no embedding)",
+           metric="p50_ms", at_most=True),
     Target("get x64 tasks", "redis.asyncio", 4.0,
            "redis: 64-task GET >= 4x raw one-by-one GET (coalescing)"),
     Target("pipeline 1000 sets", "redis.asyncio", 1.0,
            "redis: pipelined set >= 1.0x raw pipeline"),
-    Target("mget 1000", "redis.asyncio", 0.9, "redis: MGET >= 0.9x raw"),
+    Target("mget 1000", "raw+decode", 0.9,
+           "redis: MGET >= 0.9x raw MGET + the same decode (orjson.loads per item)"),
     Target("s3 batch", "litellm", 5.0, "blob: >= 5x litellm S3Cache batch throughput",
            ours="asynccache c=64"),
     Target("s3+", "litellm", 5.0,
@@ -129,8 +195,24 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
+def _figure(target: Target, ours: Result | None, rival: Result | None) -> float | None:
+    if ours is None:
+        return None
+    if target.metric == "lag":
+        return ours.loop_lag_p99_ms
+    if target.metric == "p50_ms":
+        value = ours.extra.get("p50_ms")
+        return None if value is None else float(value)
+    if rival is None:
+        return None
+    if target.metric == "bytes":
+        theirs = rival.extra.get("bytes_per_entry")
+        return ours.extra["bytes_per_entry"] / theirs if theirs else None
+    return ratio(ours, rival)
+
+
 def check_targets(results: Sequence[Result]) -> list[dict[str, Any]]:
-    """Each target with the measured ratio and ``met`` / ``unmet`` / ``not measured``.
+    """Each target with the measured figure and ``met`` / ``unmet`` / ``not measured``.
 
     A target's ``scenario`` matches every scenario that starts with it (``s3 batch``
     covers ``s3 batch get 100``...); each match is checked.
@@ -142,6 +224,7 @@ def check_targets(results: Sequence[Result]) -> list[dict[str, Any]]:
         if not matches:
             checked.append({"target": target.source, "scenario": target.scenario,
                             "ratio": None, "minimum": target.minimum,
+                            "at_most": target.at_most, "metric": target.metric,
                             "status": "not measured"})
             continue
         for name in matches:
@@ -149,13 +232,20 @@ def check_targets(results: Sequence[Result]) -> list[dict[str, Any]]:
             ours = next((r for r in group if r.library.lower().startswith(target.ours)),
                         None) or next((r for r in group if role(r) == "asynccache"), None)
             pool = grouped.get(target.rival_scenario or name, [])
-            rival = next((r for r in pool if r.library.lower().startswith(target.rival)),
-                         None)
-            value = ratio(ours, rival) if ours is not None and rival is not None else None
-            status = ("not measured" if value is None
-                      else "met" if value >= target.minimum else "unmet")
+            rival = next((r for r in pool if target.rival
+                          and r.library.lower().startswith(target.rival)), None)
+            value = _figure(target, ours, rival)
+            if value is None:
+                status = "not measured"
+            elif target.at_most:
+                status = "met" if value <= target.minimum else "unmet"
+            else:
+                status = "met" if value >= target.minimum else "unmet"
             checked.append({"target": target.source, "scenario": name, "ratio": value,
-                            "minimum": target.minimum, "status": status})
+                            "minimum": target.minimum, "at_most": target.at_most,
+                            "metric": target.metric, "status": status,
+                            "ours": None if ours is None else ours.library,
+                            "rival": None if rival is None else rival.library})
     return checked
 
 
@@ -200,12 +290,13 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             spread = f"{_fmt_rate(low)}-{_fmt_rate(high)}"
         lag = "" if result.loop_lag_p99_ms is None else f"{result.loop_lag_p99_ms:.2f}"
         rows.append([result.scenario, result.library, info["role"], rate, per_op, spread, lag,
-                     _fmt_x(info["asynccache_x"]), _fmt_x(info["of_limit"])])
+                     _fmt_x(info["asynccache_x"]), _fmt_x(info["of_limit"]),
+                     _fmt_x(info["of_best_peer"])])
     return rows
 
 
 HEADERS = ["scenario", "library", "role", "ops/s", "µs/op", "min-max ops/s",
-           "loop lag p99 ms", "asynccache x", "of limit"]
+           "loop lag p99 ms", "asynccache x", "of limit", "vs best peer"]
 
 
 def rich_table(results: Sequence[Result]) -> Any:
@@ -225,8 +316,27 @@ def rich_table(results: Sequence[Result]) -> Any:
         table.add_row(*shown, style="bold" if cells[2] == "asynccache" else None)
     table.caption = ("asynccache x: how many times faster the scenario's first asynccache row "
                      "is (memory: how many times more bytes the row uses); of limit: fraction "
-                     "of the raw limit's ops/s")
+                     "of the raw limit's ops/s; vs best peer: over the fastest peer's ops/s")
     return table
+
+
+def _target_figure(row: dict[str, Any]) -> str:
+    unit = {"lag": " ms", "p50_ms": " ms"}.get(row["metric"], "x")
+    sign = "<=" if row["at_most"] else ">="
+    return f"{row['ratio']:.2f}{unit} (need {sign} {row['minimum']}{unit})"
+
+
+def targets_markdown(results: Sequence[Result]) -> str:
+    """The targets as a Markdown table: figure, bound, status and the rows compared."""
+    lines = ["| target | scenario | asynccache row | compared with | figure | status |",
+             "|---|---|---|---|---|---|"]
+    for row in check_targets(results):
+        if row["status"] == "not measured":
+            continue
+        lines.append(f"| {row['target']} | {row['scenario']} | {row.get('ours') or ''} | "
+                     f"{row.get('rival') or ''} | {_target_figure(row)} | "
+                     f"{row['status']} |".replace("\n", " "))
+    return "\n".join(lines)
 
 
 def targets_text(results: Sequence[Result]) -> list[str]:
@@ -236,12 +346,12 @@ def targets_text(results: Sequence[Result]) -> list[str]:
         if row["status"] == "not measured":
             continue
         lines.append(f"target {row['status'].upper():5s} {row['scenario']}: "
-                     f"{row['ratio']:.2f}x (need >= {row['minimum']}x) - {row['target']}")
+                     f"{_target_figure(row)} - {row['target']}")
     return lines
 
 
 def markdown_table(results: Sequence[Result]) -> str:
-    """The results as a Markdown table (for the README)."""
+    """The results as a Markdown table (for docs/benchmarks.md)."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for cells in table_rows(results):
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
@@ -349,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = from_json(data)
     if args.markdown:
         print(markdown_table(results))
+        print()
+        print(targets_markdown(results))
     else:
         print(plain_table(results))
     for line in targets_text(results):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -70,3 +71,24 @@ async def settle() -> None:
     """Let already-scheduled callbacks run (no sleeping on wall-clock time)."""
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+def assert_in_forked_child(body: Callable[[], list[bool]]) -> None:
+    """Run ``body`` in a forked child and fail unless every check it returns is true.
+
+    The child's exit status names what went wrong: 2 for an exception, 10 + the index of
+    the first false check otherwise.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            checks = body()
+            status = 0 if all(checks) else 10 + checks.index(False)
+        except BaseException:
+            status = 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), status
+    assert os.WEXITSTATUS(status) == 0, f"child failed with status {os.WEXITSTATUS(status)}"

@@ -19,8 +19,9 @@ import pytest
 
 from asynccache import BridgeError, MemoryCache, run_sync
 from asynccache.backends.memory import MemoryBackend
-from asynccache.base import WriteItem
 from asynccache.bridge import LoopLocal, _Bridge, bridge_loop
+from asynccache.contract import WriteItem
+from tests.helpers import assert_in_forked_child
 
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="nobody")
 
@@ -279,8 +280,8 @@ class SignallingBackend(MemoryBackend):
         super().__init__()
         self.landed = threading.Event()
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
-        result = await super().set_many(items)
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        result = await super().write_many(items)
         self.landed.set()
         return result
 
@@ -296,29 +297,21 @@ def test_sync_twins_and_write_behind_work_in_a_forked_child():
     assert behind.set_cache("parent", 1) is True
     assert backend.landed.wait(30)  # the parent's flush worker lives on the bridge loop
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            checks = [
-                cache.get_cache("before") == 1,
-                cache.set_cache("after", 2) is True,
-                cache.get_cache("after") == 2,
-                run_sync(add(2, 3), timeout=30) == 5,
-            ]
-            backend.landed.clear()
-            checks.append(behind.set_cache("child", 2) is True)
-            # The child needs its own flush worker: the parent's did not survive the fork.
-            checks.append(backend.landed.wait(30))
-            checks.append(behind.get_cache("child") == 2)
-            status = 0 if all(checks) else 10 + checks.index(False)
-        except BaseException:
-            status = 2
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 0, f"child failed with status {os.WEXITSTATUS(status)}"
+    def in_child() -> list[bool]:
+        checks = [
+            cache.get_cache("before") == 1,
+            cache.set_cache("after", 2) is True,
+            cache.get_cache("after") == 2,
+            run_sync(add(2, 3), timeout=30) == 5,
+        ]
+        backend.landed.clear()
+        checks.append(behind.set_cache("child", 2) is True)
+        # The child needs its own flush worker: the parent's did not survive the fork.
+        checks.append(backend.landed.wait(30))
+        checks.append(behind.get_cache("child") == 2)
+        return checks
+
+    assert_in_forked_child(in_child)
     assert cache.get_cache("before") == 1  # the parent's bridge is untouched
 
 
@@ -336,19 +329,19 @@ _EXIT_SCRIPT = textwrap.dedent(
         def __init__(self, path):
             self.path = path
 
-        async def get_many(self, keys):
+        async def read_many(self, keys):
             return [None] * len(keys)
 
-        async def set_many(self, items):
+        async def write_many(self, items):
             with open(self.path, "a", encoding="utf-8") as out:
                 for key, data, ttl in items:
                     out.write(key + "\\n")
             return None
 
-        async def delete_many(self, keys):
+        async def remove_many(self, keys):
             return 0
 
-        async def clear(self, prefix):
+        async def remove_prefix(self, prefix):
             return 0
 
     path, how = sys.argv[1], sys.argv[2]

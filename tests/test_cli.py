@@ -271,7 +271,7 @@ def test_report_ratios_roles_and_targets():
         Result("get", "dict (limit)", 1000, 0.001, 0.001, 0.001),
         Result("get", "peerlib", 1000, 0.02, 0.02, 0.02),
         Result("mget 1000", "asynccache", 1000, 0.01, 0.01, 0.01),
-        Result("mget 1000", "redis.asyncio", 1000, 0.012, 0.012, 0.012),
+        Result("mget 1000", "raw+decode", 1000, 0.012, 0.012, 0.012),
         Result("mem", "asynccache MemoryCache", 10, 1, 1, 1, extra={"bytes_per_entry": 100}),
         Result("mem", "peerlib", 10, 1, 1, 1, extra={"bytes_per_entry": 300}),
     ]
@@ -284,5 +284,28 @@ def test_report_ratios_roles_and_targets():
     assert targets["mget 1000"]["status"] == "met"
     assert targets["mget 1000"]["ratio"] == pytest.approx(1.2)
     assert targets["get x64 tasks"]["status"] == "not measured"
+    assert ratios[("get", "asynccache")]["of_best_peer"] == pytest.approx(2.0)
+    assert ratios[("mem", "asynccache MemoryCache")]["of_best_peer"] == pytest.approx(3.0)
     table = report.markdown_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| get | peerlib | peer |" in table
+
+
+def test_report_targets_bound_from_above():
+    from benchmarks import report
+    from benchmarks._measure import Result
+
+    rows = [
+        Result("disk get 2KB (sequential)", "asynccache", 100, 1, 1, 1, loop_lag_p99_ms=0.4),
+        Result("disk get 2KB (sequential)", "litellm DiskCache", 100, 1, 1, 1),
+        Result("memory footprint (1k x 2KB)", "asynccache MemoryCache", 10, 1, 1, 1,
+               extra={"bytes_per_entry": 1200}),
+        Result("memory footprint (1k x 2KB)", "dict + exact-size bytes (limit)", 10, 1, 1, 1,
+               extra={"bytes_per_entry": 1000, "role": "limit"}),
+    ]
+    checked = report.check_targets(rows)
+    lag = next(t for t in checked if t["metric"] == "lag"
+               and t["scenario"] == "disk get 2KB (sequential)")
+    assert lag["status"] == "met" and lag["ratio"] == pytest.approx(0.4)
+    footprint = next(t for t in checked if t["metric"] == "bytes")
+    assert footprint["status"] == "unmet" and footprint["ratio"] == pytest.approx(1.2)
+    assert "| unmet |" in report.targets_markdown(rows)

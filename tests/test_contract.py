@@ -10,9 +10,14 @@ from typing import Any
 
 import pytest
 
-from asynccache import CacheClosedError, ItemTooLargeError, SerializationError
+from asynccache import CacheClosedError, ItemTooLargeError, SerializationError, cached
 from asynccache.base import SYNC_TWINS, BaseCache
+from asynccache.integrations import cache_info
+from tests.fake_llm import FakeLLM
 from tests.helpers import FakeClock, chat_completion, unique
+
+#: Backends whose counters are bare numbers updated in place by the server.
+NATIVE_COUNTERS = {"redis", "redis-cluster", "memcached"}
 
 _ASYNC_TO_SYNC = {async_name: sync_name for sync_name, async_name in SYNC_TWINS.items()}
 
@@ -142,6 +147,67 @@ async def test_increment_counts(make_cache, api_for):
     assert await api.async_get_cache("hits") == 3.5
 
 
+async def test_increment_returns_the_same_types_on_every_backend(make_cache, api_for):
+    api = api_for(make_cache())
+    first = await api.async_increment("typed")
+    assert first == 1 and type(first) is int
+    half = await api.async_increment("typed", 0.5)
+    assert half == 1.5 and type(half) is float
+    whole = await api.async_increment("typed", 0.5)
+    assert whole == 2 and type(whole) is int  # whole again: an int, as Redis answers "2"
+
+
+async def test_increment_over_a_cached_value_or_bool_starts_a_new_counter(make_cache, api_for):
+    api = api_for(make_cache())
+    await api.async_set_cache("was-a-value", {"not": "a number"})
+    await api.async_set_cache("was-a-bool", True)
+    assert await api.async_increment("was-a-value", 2) == 2
+    assert await api.async_increment("was-a-bool", 2) == 2  # True is not the number 1
+    with pytest.raises(ValueError, match="amount"):
+        await api.async_increment("was-a-bool", True)
+
+
+async def test_counter_keeps_the_expiry_of_its_first_write(make_cache, api_for):
+    clock = FakeClock()
+    cache = make_cache(clock=clock)
+    if cache.backend.name in NATIVE_COUNTERS:
+        pytest.skip("Redis counters expire on the server's clock (INCRBYFLOAT + PEXPIRE NX)")
+    api = api_for(cache)
+    await api.async_increment("window", ttl=60)
+    clock.advance(40)
+    assert await api.async_increment("window", ttl=60) == 2  # no new 60 s window
+    clock.advance(30)
+    assert await api.async_get_cache("window") is None
+    assert await api.async_increment("window", ttl=60) == 1
+
+
+# -- every cache is a full LLM cache --------------------------------------------------------
+
+
+async def test_every_cache_serves_cached_llm_calls(make_cache):
+    cache = make_cache()
+    llm = FakeLLM()
+    completion = cached(llm.chat, cache=cache)
+    question = [{"role": "user", "content": unique("question")}]
+    first = await completion(model="gpt-4o", messages=question)
+    second = await completion(model="gpt-4o", messages=question)
+    assert llm.chat_calls == 1
+    assert cache_info(second).cache_hit
+    assert second.model_dump() == first.model_dump()
+
+
+async def test_every_cache_stores_a_pydantic_response(make_cache):
+    cache = make_cache()
+    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": unique("q")}]}
+    response = await FakeLLM().chat(**request)
+    assert await cache.async_set_cache("response", response) is True
+    assert await cache.async_get_cache("response") == response.model_dump(mode="json")
+    assert await cache.async_store(request, response) is True
+    hit = await cache.async_lookup(request)
+    assert hit is not None and hit.value == response.model_dump(mode="json")
+    assert cache.get_cache_key(**request) == hit.key.rpartition(":")[2]
+
+
 async def test_values_are_isolated_from_caller_mutation(make_cache, api_for):
     api = api_for(make_cache())
     value = {"choices": [{"text": "original"}]}
@@ -158,7 +224,7 @@ async def test_corrupt_stored_bytes_are_a_counted_miss(make_cache, api_for):
     api = api_for(cache)
     stored_key = cache._stored_key("corrupt", cache.namespace)
     for garbage in (b"\xff\xfe not json", b'{"v": 99, "d": 1}', b"[1, 2]"):
-        await cache.backend.set_many([(stored_key, garbage, None)])
+        await cache.backend.write_many([(stored_key, garbage, None)])
         assert await api.async_get_cache("corrupt") is None
     assert cache.stats()["corrupt_entries"] == 3
 

@@ -67,3 +67,16 @@ async def test_same_seed_gives_the_same_counts_and_times_on_every_run():
     other = await run_demo(120, 8)
     assert (other.hits, other.coalesced) != (runs[0].hits, runs[0].coalesced) or (
         other.distinct_requests != runs[0].distinct_requests)
+
+
+@pytest.mark.parametrize("sampling", ["cache", "skip", "pool"])
+async def test_demo_reports_savings_and_the_sampling_policy(sampling):
+    report = await run_demo(40, 5, concurrency=4, sampling=sampling, **FAST)
+    assert report.sampled_calls == sum(r["temperature"] > 0 for r in build_workload(40, 5))
+    saved = report.cache_stats["saved"]
+    assert saved["hits"] == report.hits and saved["models"]["gpt-4o-mini"]["price"] == "known"
+    table = format_report(report)
+    assert f"saved by {report.hits} cache hits" in table and f"{saved['total_tokens']:,}" in table
+    assert f"sampling policy '{sampling}'" in table
+    if sampling == "skip":
+        assert report.sampled_hits == 0

@@ -8,11 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
-import aiofiles.os
 import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError
-from asynccache.backends.disk import SUFFIX, DiskBackend, DiskCache, pack
+from asynccache.backends import disk
+from asynccache.backends.disk import SUFFIX, DiskBackend, DiskCache, entry_file
 from asynccache.keys import namespace_prefix
 from tests.helpers import FakeClock, chat_completion
 
@@ -110,22 +110,44 @@ async def test_readers_see_the_old_entry_until_the_new_one_is_renamed_in(make, m
     cache = make()
     old, new = chat_completion(text="old"), chat_completion(text="new")
     await cache.async_set_cache("k", old)
-    real_replace = aiofiles.os.replace
+    loop = asyncio.get_running_loop()
+    real_replace = disk._replace
     seen: list[tuple[object, str, str]] = []
 
-    async def replace_after_a_read(src: str, dst: str) -> None:
-        # The new bytes are fully written to `src`; `dst` must still hold the old entry.
-        seen.append((await cache.async_get_cache("k"), os.path.dirname(src),
-                     os.path.dirname(dst)))
-        await real_replace(src, dst)
+    def replace_after_a_read(src: str, dst: str) -> None:
+        # Runs in the worker thread: the new bytes are fully written to `src`; a read
+        # through the cache (another hop) must still see the old entry at `dst`.
+        read = asyncio.run_coroutine_threadsafe(cache.async_get_cache("k"), loop)
+        seen.append((read.result(timeout=30), os.path.dirname(src), os.path.dirname(dst)))
+        real_replace(src, dst)
 
-    monkeypatch.setattr(aiofiles.os, "replace", replace_after_a_read)
+    monkeypatch.setattr(disk, "_replace", replace_after_a_read)
     assert await cache.async_set_cache("k", new) is True
     assert len(seen) == 1
     read_during_write, src_folder, dst_folder = seen[0]
     assert read_during_write == old
     assert src_folder == dst_folder  # same folder: the rename is atomic
     assert await cache.async_get_cache("k") == new
+
+
+async def test_the_reads_and_writes_of_one_tick_share_one_thread_hop(make, monkeypatch):
+    cache = make()
+    await cache.async_set_cache_pipeline({f"k{i}": i for i in range(64)})
+    hops: list[int] = []
+    real_work = disk._TickBatcher._work
+
+    def counting(loop, batch):
+        hops.append(len(batch))
+        real_work(loop, batch)
+
+    monkeypatch.setattr(disk._TickBatcher, "_work", staticmethod(counting))
+    got = await asyncio.gather(*(cache.async_get_cache(f"k{i}") for i in range(64)))
+    assert got == list(range(64))
+    assert hops == [64]
+    hops.clear()
+    assert all(await asyncio.gather(*(cache.async_set_cache(f"n{i}", i) for i in range(64))))
+    assert hops == [64]
+    assert await cache.async_batch_get_cache([f"n{i}" for i in range(64)]) == list(range(64))
 
 
 @pytest.mark.parametrize("content", [
@@ -159,7 +181,7 @@ async def test_file_holding_another_key_is_a_miss(make):
     cache = make()
     path = file_of(cache, "wanted")
     path.parent.mkdir(parents=True)
-    path.write_bytes(pack("someone-else", b'{"v":1,"c":0,"e":null,"d":"theirs"}', None))
+    path.write_bytes(entry_file("someone-else", b"\x00theirs"))
     assert await cache.async_get_cache("wanted") is None
     assert await cache.async_get_cache("someone-else") is None  # lives at another path
 
@@ -268,7 +290,7 @@ async def test_clear_of_a_namespace_deletes_only_its_files(make, folder):
 async def test_clear_with_an_arbitrary_prefix_reads_the_stored_keys(make):
     cache = make()
     await cache.async_set_cache_pipeline({"user-1": 1, "user-2": 2, "other": 3})
-    assert await cache.backend.clear("user-") == 2
+    assert await cache.backend.remove_prefix("user-") == 2
     assert await cache.async_batch_get_cache(["user-1", "user-2", "other"]) == [None, None, 3]
 
 

@@ -51,6 +51,7 @@ COMMAND_TIMEOUT = 180.0
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 _MARKER = re.compile(r"^\s*<!--\s*docs:\s*(?P<body>.*?)\s*-->\s*$")
 _MARKER_START = re.compile(r"<!--\s*docs:")
+_CODE_SPAN = re.compile(r"(`+).+?\1")
 
 
 class DocsFormatError(ValueError):
@@ -129,7 +130,7 @@ def parse_page(page: Path, text: str | None = None) -> list[Block]:
             pending.append((index + 1, marker["body"]))
             index += 1
             continue
-        if _MARKER_START.search(line):
+        if _MARKER_START.search(_CODE_SPAN.sub("", line)):
             raise DocsFormatError(
                 f"{relative(page)} line {index + 1}: a docs marker must be alone on its line")
         if fence is None:
@@ -175,9 +176,14 @@ def parse_page(page: Path, text: str | None = None) -> list[Block]:
 
 
 def shell_commands(block: Block) -> list[tuple[int, str]]:
-    """(line, command) for each ``asynccache ...`` command of a shell block."""
+    """(line, command) for each ``asynccache ...`` command of a shell block.
+
+    In a console transcript (a block with ``$ `` prompts) only prompted lines are
+    commands: the rest is output, which may well start with "asynccache".
+    """
     commands: list[tuple[int, str]] = []
     lines = block.source.splitlines()
+    prompted = any(line.lstrip().startswith("$ ") for line in lines)
     index = 0
     while index < len(lines):
         start = index
@@ -188,6 +194,8 @@ def shell_commands(block: Block) -> list[tuple[int, str]]:
         index += 1
         if text.startswith("$ "):
             text = text[2:].lstrip()
+        elif prompted:
+            continue
         if text.startswith("asynccache "):
             commands.append((block.line + start, text))
     return commands
@@ -292,7 +300,7 @@ class PageRun:
 
     def close(self) -> None:
         """Close the caches the page left open, then the page's loop."""
-        from asynccache.base import BaseCache
+        from asynccache import BaseCache
 
         for value in list(self.module.__dict__.values()):
             if isinstance(value, BaseCache):
@@ -324,16 +332,7 @@ def page_run(page: Path, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
             sys.modules.pop(run.module.__name__, None)
 
 
-def _page_param(page: Path) -> object:
-    if page.name == "README.md" and "## Failure behaviour" in page.read_text(encoding="utf-8"):
-        # The long README predates the runner; its reference sections move to docs/.
-        return pytest.param(page, marks=pytest.mark.xfail(
-            reason="README examples predate the docs runner", strict=True))
-    return page
-
-
-@pytest.mark.parametrize("page", [_page_param(page) for page in documented_pages()],
-                         ids=relative)
+@pytest.mark.parametrize("page", documented_pages(), ids=relative)
 def test_page_runs(page: Path, request: pytest.FixtureRequest,
                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every python block and documented command of the page runs without error."""
@@ -355,10 +354,10 @@ def test_page_runs(page: Path, request: pytest.FixtureRequest,
 def test_site_builds_strictly(tmp_path: Path) -> None:
     """``mkdocs build --strict``: no broken link, no page outside the nav, no bad docstring."""
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+        [sys.executable, "-m", "mkdocs", "build", "--strict",
          "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
@@ -394,6 +393,15 @@ def test_blocks_keep_their_lines_markers_and_order() -> None:
     assert blocks[1].needs == ("redis", "s3")
     assert blocks[2].skip_reason == "needs a key"
     assert shell_commands(blocks[2]) == [(21, "asynccache ping  --type redis")]
+
+
+def test_console_output_lines_are_not_commands() -> None:
+    (block,) = _parse("```console\n$ asynccache demo\nasynccache demo: simulated...\n```\n")
+    assert shell_commands(block) == [(2, "asynccache demo")]
+
+
+def test_markers_quoted_in_code_spans_are_text() -> None:
+    assert _parse("Write `<!-- docs: needs redis -->` before the fence.\n") == []
 
 
 def test_indented_fences_are_dedented() -> None:

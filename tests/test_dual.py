@@ -25,13 +25,13 @@ class CountingBackend(MemoryBackend):
         self.gets: list[list[str]] = []
         self.sets: list[list[str]] = []
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         self.gets.append(list(keys))
-        return await super().get_many(keys)
+        return await super().read_many(keys)
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         self.sets.append([key for key, _, _ in items])
-        return await super().set_many(items)
+        return await super().write_many(items)
 
 
 class DownBackend(Backend):
@@ -47,19 +47,19 @@ class DownBackend(Backend):
         self.calls += 1
         raise ConnectionError("connection refused")
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         self._fail()
         return []
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         self._fail()
         return None
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         self._fail()
         return 0
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         self._fail()
         return 0
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from asynccache import ConfigurationError
+from asynccache.keys import stored_key_prefix
 from asynccache.semantic import (
     EmbedWhat,
     HashEmbedder,
@@ -23,7 +24,6 @@ from asynccache.semantic import (
 )
 from asynccache.semantic.base import (
     filter_hash,
-    key_head,
     parse_embed_what,
     similarity_from_cosine_distance,
     similarity_from_cosine_score,
@@ -124,10 +124,11 @@ def test_distance_and_score_convert_to_the_same_similarity():
     assert similarity_from_cosine_distance(-1e-7) == 1.0  # float32 rounding
 
 
-def test_key_head_identifies_namespace_prefixes():
-    assert key_head("ns:abc") == "ns:"
-    assert key_head("ns:a:b") == "ns:"
-    assert key_head("plain") == ""
+def test_namespace_head_identifies_namespace_prefixes():
+    assert stored_key_prefix("ns:abc") == "ns:"
+    assert stored_key_prefix("ns:a:b") == "ns:"
+    assert stored_key_prefix("plain") == ""
+    assert stored_key_prefix(":a:b") == ""  # a namespace-less key that holds a colon
 
 
 # -- the SemanticEmbedder wrapper -------------------------------------------------------

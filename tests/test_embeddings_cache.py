@@ -18,7 +18,7 @@ class CountingBackend:
         self.gets: list[int] = []
         self.sets: list[int] = []
         backend = cache.backend
-        real_get, real_set = backend.get_many, backend.set_many
+        real_get, real_set = backend.read_many, backend.write_many
 
         async def get_many(keys):
             self.gets.append(len(keys))
@@ -28,8 +28,8 @@ class CountingBackend:
             self.sets.append(len(items))
             return await real_set(items)
 
-        monkeypatch.setattr(backend, "get_many", get_many)
-        monkeypatch.setattr(backend, "set_many", set_many)
+        monkeypatch.setattr(backend, "read_many", get_many)
+        monkeypatch.setattr(backend, "write_many", set_many)
 
 
 @pytest.fixture

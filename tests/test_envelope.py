@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asynccache import SerializationError
+from asynccache import NOT_GIVEN, SerializationError, envelope
 from asynccache.envelope import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -161,3 +161,27 @@ def test_decode_accepts_bytearray_and_memoryview():
     data = encode({"a": "é"}, 1.0, None)
     assert decode(bytearray(data)).value == {"a": "é"}
     assert decode(memoryview(data)).value == {"a": "é"}
+
+
+# -- counters -----------------------------------------------------------------------------
+
+
+def test_counter_round_trips_with_its_expiry():
+    data = envelope.encode_counter(3, 100.0, 160.0)
+    assert envelope.read_counter(data, 120.0) == (3, 160.0)
+    assert envelope.read_counter(data, 160.0) == (0, NOT_GIVEN)  # expired: a new counter
+
+
+def test_counter_reads_bare_numbers_and_refuses_bools():
+    assert envelope.read_counter(b"2.5", 0.0) == (2.5, NOT_GIVEN)
+    assert envelope.read_counter(b"true", 0.0) == (0, NOT_GIVEN)
+    assert envelope.read_counter(envelope.encode(True, 0.0, None), 0.0) == (0, NOT_GIVEN)
+    assert envelope.read_counter(envelope.encode("text", 0.0, None), 0.0) == (0, NOT_GIVEN)
+    with pytest.raises(SerializationError):
+        envelope.encode_counter(True, 0.0, None)
+
+
+def test_counter_number_is_an_int_when_whole():
+    assert type(envelope.counter_number(3.0)) is int
+    assert type(envelope.counter_number(2.5)) is float
+    assert type(envelope.counter_number(1e300)) is float  # past what orjson writes as an int

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from asynccache import (
+    BaseCache,
     Cache,
     CacheMode,
     ConfigurationError,
@@ -24,7 +25,7 @@ from asynccache import (
     update_cache,
 )
 from asynccache.backends.memory import MemoryBackend
-from asynccache.base import Backend, WriteItem
+from asynccache.contract import Backend, WriteItem
 from asynccache.registry import BackendSpec
 from tests.helpers import FakeClock
 
@@ -256,16 +257,16 @@ class FailingBackend(Backend):
     name = "failing"
     remote = False
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         raise ConnectionError("down")
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         raise ConnectionError("down")
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         raise ConnectionError("down")
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         raise ConnectionError("down")
 
 
@@ -279,3 +280,83 @@ async def test_lookup_and_store_never_raise_for_backend_failures(fake_types):
 
 def test_memory_cache_is_the_class_behind_local():
     assert isinstance(MemoryCache().backend, type(Cache().backend))
+
+
+# -- settings: one declaration, suggestions for typos --------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda **s: Cache(**s), lambda **s: MemoryCache(**s),
+                                  lambda **s: Cache(type="disk", **s)])
+def test_a_misspelt_setting_suggests_the_known_one(make):
+    with pytest.raises(ConfigurationError, match="unknown setting 'tll'; did you mean 'ttl'"):
+        make(tll=5)
+
+
+def test_unknown_redis_setting_lists_the_connection_settings():
+    with pytest.raises(ConfigurationError, match="did you mean 'host'"):
+        Cache(type="redis", hots="127.0.0.1")
+    with pytest.raises(ConfigurationError) as caught:
+        Cache(type="redis", colour="blue")
+    for name in ("host", "port", "url", "password", "ssl_ca_certs", "ttl"):
+        assert f" {name}," in caught.value.args[0] or caught.value.args[0].endswith(name)
+
+
+def test_memory_and_dual_are_listed_types():
+    assert {"memory", "local", "dual"} <= set(cache_types())
+    assert Cache(type="memory").backend.name == "memory"
+
+
+async def test_dual_type_builds_both_tiers_from_settings():
+    cache = Cache(type="dual", l1={"type": "memory", "ttl": 5}, l2={"type": "memory"},
+                  namespace="tiers")
+    assert (cache.backend.l1.default_ttl, cache.backend.l2.backend.name) == (5, "memory")
+    await cache.async_set_cache("k", ANSWER)
+    assert await cache.backend.l2.async_get_cache("k", namespace="tiers") == ANSWER
+    await cache.aclose()
+
+
+def test_dual_without_l2_is_a_cache_error_and_a_type_error():
+    from asynccache import CacheError, MissingArgumentError
+
+    with pytest.raises(MissingArgumentError, match="L2") as caught:
+        Cache(type="dual")
+    assert isinstance(caught.value, CacheError) and isinstance(caught.value, TypeError)
+
+
+def test_settings_object_and_keywords_combine():
+    from asynccache.config import CacheSettings
+
+    shared = CacheSettings(ttl=30, namespace="a")
+    cache = MemoryCache(cache_settings=shared, namespace="b")
+    assert (cache.default_ttl, cache.namespace) == (30, "b")
+    assert Cache(type="disk", cache_settings=shared).namespace == "a"
+
+
+def test_every_raised_error_type_belongs_to_the_tree():
+    from asynccache import exceptions
+
+    for name in exceptions.__all__:
+        assert issubclass(getattr(exceptions, name), exceptions.CacheError), name
+
+
+async def test_a_backend_with_the_old_primitive_names_still_works():
+    with pytest.warns(DeprecationWarning, match="get_many -> read_many, set_many -> write_many"):
+        class OldStyle(Backend):
+            def __init__(self) -> None:
+                self.data: dict[str, bytes] = {}
+
+            async def get_many(self, keys):
+                return [self.data.get(key) for key in keys]
+
+            async def set_many(self, items):
+                self.data.update((key, data) for key, data, _ in items)
+
+            async def delete_many(self, keys):
+                return sum(self.data.pop(key, None) is not None for key in keys)
+
+            async def clear(self, prefix):
+                return 0
+
+    cache = BaseCache(OldStyle())
+    assert await cache.async_set_cache("k", 1) is True
+    assert await cache.async_get_cache("k") == 1

@@ -43,13 +43,13 @@ class GatedBackend(MemoryBackend):
     def close_gate(self) -> None:
         self.gate.clear()
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         keys = [key for key, _, _ in items]
         self.batches.append(keys)
         self.arrived.put_nowait(keys)
         if self.gate_calls is None or len(self.batches) <= self.gate_calls:
             await self.gate.wait()
-        return await super().set_many(items)
+        return await super().write_many(items)
 
     def stored(self, key: str) -> bool:
         return key in self._data
@@ -253,13 +253,13 @@ class FlakyBackend(MemoryBackend):
         self.batches: list[list[str]] = []
         self.attempted = asyncio.Event()
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         self.batches.append([key for key, _, _ in items])
         if len(self.batches) >= 2:
             self.attempted.set()
         if self.raise_all:
             raise ConnectionError("store unreachable")
-        await super().set_many([item for item in items if item[0] not in self.refuse])
+        await super().write_many([item for item in items if item[0] not in self.refuse])
         return [item[0] not in self.refuse for item in items]
 
 

@@ -35,7 +35,7 @@ from asynccache.backends._blob import MAX_KEY_CHARS, object_name
 from asynccache.backends.disk import DiskCache
 from asynccache.keys import namespace_prefix
 
-LOCAL_BACKENDS = {"memory", "dual", "disk"}
+LOCAL_BACKENDS = {"memory", "dual", "disk", "sqlite"}
 LOCAL_EXAMPLES = 25
 REMOTE_EXAMPLES = 6
 KB64 = 64 * 1024
@@ -393,7 +393,7 @@ async def test_corrupt_bytes_planted_in_the_store_are_a_counted_miss(make_cache,
     async def body(data: bytes) -> None:
         key = _fresh("c")
         stored = cache._stored_key(key, cache.namespace)
-        await cache.backend.set_many([(stored, data, None)])
+        await cache.backend.write_many([(stored, data, None)])
         before = cache.stats()["corrupt_entries"]
         try:
             expected: Any = envelope.decode(data).value  # a bare number is a counter
@@ -434,3 +434,33 @@ async def test_damaged_disk_files_are_a_counted_miss(tmp_path, damage):
         assert await cache.async_get_cache("victim") == "rewritten"
     finally:
         await cache.aclose()
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(namespace=st.one_of(st.none(), hostile_text), key=hostile_text, other=hostile_text)
+@example(namespace=None, key="x" * KB64, other="x" * (KB64 - 1))
+@example(namespace="a b", key="%20", other=" ")
+@example(namespace=None, key="=abc", other="abc")
+@example(namespace="n", key="a b", other="c")
+@example(namespace="n", key="ab", other="c" * 300)
+def test_memcached_keys_are_valid_and_never_collide(namespace, key, other):
+    from emcache._cython import cyemcache
+
+    from asynccache.backends.memcached import MemcachedBackend, key_body
+
+    TRIED["memcached_keys"] += 1
+    backend = MemcachedBackend(servers=["127.0.0.1:1", "127.0.0.1:2"], key_prefix="app:")
+    stored = [namespace_prefix(namespace) + key, namespace_prefix(namespace) + other]
+    bodies, token_keys, _ = backend._plan(stored)
+    # A batch is planned like its keys one by one (the batch fast path changes nothing).
+    assert [backend._plan([one])[0][0] for one in stored] == bodies
+    assert bodies == [key_body(one, backend._budget) for one in stored]
+    tokens = {name: b"0123456789ab" for names in token_keys for name in names}
+    for body, names in zip(bodies, token_keys, strict=True):
+        item_key = backend._data_key(body, names, tokens)
+        assert item_key is not None and item_key.startswith(b"app:")
+        # At most 250 bytes, no spaces or control characters: what memcached accepts.
+        assert len(item_key) <= 250 and cyemcache.is_key_valid(item_key)
+        assert all(cyemcache.is_key_valid(name) and len(name) <= 250 for name in names)
+    if key != other:
+        assert bodies[0] != bodies[1]

@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from asynccache import Cache, ConfigurationError
-from asynccache.keys import EXCLUDED_PARAMS, request_key
+from asynccache.keys import (
+    EXCLUDED_PARAMS,
+    encode_namespace,
+    lease_key,
+    namespace_prefix,
+    request_key,
+    split_stored_key,
+    stored_key,
+)
 
 _KEY = Cache()  # key building is pure: one cache serves every example
 PROPERTY = settings(max_examples=150, deadline=None,
@@ -197,3 +205,26 @@ def test_unkeyable_argument_raises_a_clear_error():
 def test_bytes_and_sets_are_keyed_by_content():
     assert key(model="whisper-1", file=b"audio-1") != key(model="whisper-1", file=b"audio-2")
     assert key(model="m", stop={"a", "b"}) == key(model="m", stop={"b", "a"})
+
+
+# -- the stored-key format ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["plain", "a:b", ":lead", "x::y", "ns%3Aq:k"])
+@pytest.mark.parametrize("namespace", [None, "ns", "a:b", "tenant/42"])
+def test_split_stored_key_inverts_stored_key(key, namespace):
+    stored = stored_key(key, namespace)
+    encoded, back = split_stored_key(stored)
+    assert back == key
+    assert encoded == (None if namespace is None else encode_namespace(namespace))
+
+
+def test_namespace_less_key_with_a_colon_never_meets_a_namespaced_key():
+    assert stored_key("a:b", None) != stored_key("b", "a")
+    assert not stored_key("a:b", None).startswith(namespace_prefix("a"))
+
+
+def test_lease_key_follows_the_leading_colon_rule():
+    assert lease_key("k", None) == ":asynccache-lease:k"
+    assert lease_key("k", "eu") == "eu:asynccache-lease:k"
+    assert split_stored_key(lease_key("k", None))[0] is None

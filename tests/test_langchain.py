@@ -1,4 +1,5 @@
-"""The LangChain adapter against langchain-tests' standard cache suites (memory and Redis)."""
+"""The LangChain adapter against langchain-tests' standard cache suites (memory, Redis,
+memcached, SQLite and SQL)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,21 @@ BACKENDS = [
     pytest.param("redis", marks=pytest.mark.skipif(
         not HAS_REDIS_BACKEND,
         reason="asynccache.backends.redis is not written yet (another issue)")),
+    "memcached", "sqlite", "sql-postgres", "sql-mariadb",
 ]
 
 
 def make_cache(kind: str, request: pytest.FixtureRequest) -> Cache:
     if kind == "memory":
         return Cache()
+    if kind == "sqlite":
+        return Cache(type="sqlite", path=str(request.getfixturevalue("tmp_path") / "lc.db"))
+    if kind.startswith("sql-"):
+        server = request.getfixturevalue(kind.removeprefix("sql-") + "_server")
+        return Cache(type="sql", url=server.url, namespace=unique("lc"))
+    if kind == "memcached":
+        nodes = request.getfixturevalue("memcached_nodes")
+        return Cache(type="memcached", servers=nodes.servers, namespace=unique("lc"))
     server = request.getfixturevalue("valkey_server")
     return Cache(type="redis", host="127.0.0.1", port=server.port, namespace=unique("lc"))
 

@@ -21,14 +21,14 @@ KEY_A, KEY_B = generate_key(), generate_key()
 
 async def stored_bytes(cache, key: str) -> bytes:
     stored = cache._stored_key(key, cache.namespace)
-    data = (await cache.backend.get_many([stored]))[0]
+    data = (await cache.backend.read_many([stored]))[0]
     assert data is not None
     return bytes(data)
 
 
 async def replace_stored(cache, key: str, data: bytes) -> None:
     stored = cache._stored_key(key, cache.namespace)
-    await cache.backend.set_many([(stored, data, None)])
+    await cache.backend.write_many([(stored, data, None)])
 
 
 def reopen_with(cache, **settings) -> None:
@@ -136,3 +136,10 @@ def test_bad_keys_are_named_without_echoing_them(bad, message):
 def test_unknown_compression_is_named():
     with pytest.raises(ConfigurationError, match="compression must be"):
         MemoryCache(compression="brotli")
+
+
+async def test_counters_count_on_an_encrypting_cache():
+    cache = MemoryCache(encryption_keys=[KEY_A])
+    assert await cache.async_increment("n") == 1
+    assert await cache.async_increment("n", 2) == 3
+    assert await cache.async_get_cache("n") == 3

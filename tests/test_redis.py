@@ -19,11 +19,13 @@ from asynccache.backends.redis import (
     RedisCache,
     RedisSettings,
     create_redis_backend,
+)
+from asynccache.backends.redis_cluster import RedisClusterBackend
+from asynccache.backends.redis_settings import (
     escape_glob,
     parse_cluster_nodes,
     redis_env_settings,
 )
-from asynccache.backends.redis_cluster import RedisClusterBackend
 from asynccache.exceptions import ConfigurationError
 from asynccache.keys import namespace_prefix
 from tests.helpers import CacheTracker, chat_completion, unique
@@ -125,7 +127,7 @@ async def test_coalesced_callers_each_see_the_failure_as_a_miss(make, monkeypatc
     async def broken(keys):
         raise redis.ConnectionError("connection reset")
 
-    monkeypatch.setattr(cache.backend, "get_many", broken)
+    monkeypatch.setattr(cache.backend, "read_many", broken)
     got = await asyncio.gather(*(cache.async_get_cache("present") for _ in range(10)))
     assert got == [None] * 10
     assert cache.stats()["errors"] == 1
@@ -187,10 +189,10 @@ async def test_clear_escapes_glob_characters_in_the_prefix(valkey_server, raw):
     backend = RedisBackend("127.0.0.1", valkey_server.port)
     tag = unique("g")
     try:
-        await backend.set_many([(f"{tag}a*b[1]?x", b"1", None), (f"{tag}aXb1Qx", b"2", None)])
-        assert await backend.clear(f"{tag}a*b[1]?") == 1
+        await backend.write_many([(f"{tag}a*b[1]?x", b"1", None), (f"{tag}aXb1Qx", b"2", None)])
+        assert await backend.remove_prefix(f"{tag}a*b[1]?") == 1
         assert raw.get(f"{tag}aXb1Qx") == b"2"
-        assert await backend.clear(tag) == 1
+        assert await backend.remove_prefix(tag) == 1
     finally:
         await backend.aclose()
     assert escape_glob("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"

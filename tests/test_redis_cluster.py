@@ -285,6 +285,7 @@ async def test_slot_migration_in_the_middle_of_reads_and_writes(make, valkey_clu
     assert moved >= 300
     assert failures == [] and misses == []
     assert cache.backend.redirections > 0  # ASK/MOVED really happened and were followed
+    assert cache.stats()["backend_counters"]["redirections"] == cache.backend.redirections
     everything = {**seeded, **written}
     keys = list(everything)
     assert await cache.async_batch_get_cache(keys) == [everything[k] for k in keys]

@@ -1,4 +1,4 @@
-"""Semantic caches on a real valkey-server with RediSearch and on embedded Qdrant.
+"""Semantic caches on a real valkey-server with RediSearch, embedded Qdrant and local-semantic.
 
 Exact-key behaviour is in the contract suite (tests/plugins/semantic.py); this file checks
 the similarity side: real local model hits and misses, scope filters, one threshold
@@ -20,7 +20,7 @@ from tests.servers.processes import free_port
 
 pytest.importorskip("qdrant_client")
 
-STORES = ["redis", "qdrant"]
+STORES = ["redis", "qdrant", "local"]
 
 
 def chat(text, model="gpt-4o", **params):
@@ -38,6 +38,9 @@ async def make(request, tmp_path):
             settings = {"host": "127.0.0.1", "port": server.port,
                         "redis_semantic_cache_index_name": unique("idx"), **settings}
             cache = Cache(type="redis-semantic", **settings)
+        elif store == "local":
+            settings = {"disk_cache_dir": str(tmp_path / unique("local")), **settings}
+            cache = Cache(type="local-semantic", **settings)
         else:
             settings = {"qdrant_location": ":memory:",
                         "qdrant_collection_name": unique("col"), **settings}
@@ -155,6 +158,7 @@ async def test_threshold_means_the_same_cosine_similarity_on_both_stores(make, c
         assert await cache.async_lookup(chat("opposite"), controls=low) is None
     assert seen["redis"] == pytest.approx(cos, abs=1e-5)
     assert seen["qdrant"] == pytest.approx(cos, abs=1e-5)
+    assert seen["local"] == pytest.approx(cos, abs=1e-5)
 
 
 # -- TTL --------------------------------------------------------------------------------
@@ -298,8 +302,16 @@ def test_bad_settings_raise_naming_them():
               redis_semantic_cache_index_name="llm:cache")
     with pytest.raises(ConfigurationError, match="hybrid_policy"):
         Cache(type="redis-semantic", embedding=HashEmbedder(), hybrid_policy="fastest")
-    with pytest.raises(ConfigurationError, match="does not accept"):
+    with pytest.raises(ConfigurationError, match="unknown setting 'colour'"):
         Cache(type="redis-semantic", embedding=HashEmbedder(), colour="blue")
+
+
+def test_redis_semantic_reads_the_same_redis_settings_as_redis(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@127.0.0.1:6399/0")
+    semantic = Cache(type="redis-semantic", embedding=HashEmbedder())
+    plain = Cache(type="redis")
+    assert semantic.backend.settings == plain.backend.settings
+    assert semantic.backend.settings.port == 6399
 
 
 @pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
@@ -360,8 +372,9 @@ async def test_embed_all_messages(make, store):
     assert await cache.async_lookup({"model": "m", "messages": other_topic}) is None
 
 
-async def test_cache_classes_are_the_facade_with_the_type_fixed(valkey_server):
-    from asynccache import QdrantSemanticCache, RedisSemanticCache
+async def test_semantic_cache_classes_are_caches_whose_backend_searches(valkey_server):
+    from asynccache import BaseCache, QdrantSemanticCache, RedisSemanticCache
+    from asynccache.contract import SimilaritySearch
 
     redis_cache = RedisSemanticCache(host="127.0.0.1", port=valkey_server.port,
                                      url=None, embedding=HashEmbedder(),
@@ -370,7 +383,9 @@ async def test_cache_classes_are_the_facade_with_the_type_fixed(valkey_server):
     try:
         for cache, type_name in ((redis_cache, "redis-semantic"),
                                  (qdrant_cache, "qdrant-semantic")):
-            assert isinstance(cache, Cache) and cache.type == type_name
+            assert isinstance(cache, BaseCache) and not isinstance(cache, Cache)
+            assert isinstance(cache.backend, SimilaritySearch)
+            assert cache.backend.name == type_name
             assert await cache.async_store(chat("ping pong"), 1) is True
             assert (await cache.async_lookup(chat("ping pong!"))).value == 1
     finally:
@@ -402,5 +417,86 @@ async def test_encrypted_answers_stay_searchable(make, store):
     assert hit is not None and hit.value == answer
     key = cache.get_cache_key(**chat("What is 2+2?"))
     stored = cache._stored_key(key, cache.namespace)
-    raw = (await cache.backend.get_many([stored]))[0]
+    raw = (await cache.backend.read_many([stored]))[0]
     assert raw is not None and b"confidence" not in raw
+
+
+# -- local-semantic: the embedded index over the disk store ------------------------------
+
+
+def _append(path, data: bytes) -> None:
+    with open(path, "ab") as file:
+        file.write(data)
+
+
+async def test_local_index_persists_in_the_folder_and_survives_a_torn_tail(make, tmp_path):
+    from asynccache.semantic.embedded import INDEX_FILE
+
+    folder = str(tmp_path / "persisted")
+    first = make("local", disk_cache_dir=folder, embedding=HashEmbedder(16))
+    await first.async_store(chat("what is the boiling point of water"), "100 C")
+    await first.async_store(chat("what is the freezing point of water"), "0 C")
+    await first.aclose()
+    # A crash in the middle of an append leaves half a record at the end of the log.
+    _append(tmp_path / "persisted" / INDEX_FILE, b"ASI1\x00\x01half a record")
+    reopened = make("local", disk_cache_dir=folder, embedding=HashEmbedder(16))
+    hit = await reopened.async_lookup(chat("what is the boiling point of water ?"))
+    assert hit is not None and hit.value == "100 C"
+    assert hit.matched_prompt == "what is the boiling point of water"
+    assert reopened.backend.indexed == 2
+
+
+async def test_local_deleted_or_expired_entries_never_answer(make):
+    clock = FakeClock()
+    cache = make("local", embedding=HashEmbedder(16), clock=clock)
+    await cache.async_store(chat("first entry about rivers"), "rivers")
+    await cache.async_store(chat("second entry about mountains"), "mountains",
+                            controls=parse_controls({"ttl": 30}))
+    assert (await cache.async_lookup(chat("first entry about rivers ?"))).value == "rivers"
+    await cache.async_delete_cache(cache.get_cache_key(**chat("first entry about rivers")))
+    assert await cache.async_lookup(chat("first entry about rivers ?")) is None
+    assert (await cache.async_lookup(chat("second entry about mountains ?"))).value == \
+        "mountains"
+    clock.advance(31)
+    assert await cache.async_lookup(chat("second entry about mountains ?")) is None
+    await cache.async_clear()
+    assert cache.backend.indexed == 0
+
+
+async def test_local_entry_removed_behind_the_index_is_dropped_at_lookup(make, tmp_path):
+    folder = str(tmp_path / "shared-folder")
+    cache = make("local", disk_cache_dir=folder, embedding=HashEmbedder(16),
+                 similarity_threshold=0.5)
+    await cache.async_store(chat("apples and pears"), "fruit")
+    await cache.async_store(chat("apples and pears and plums"), "more fruit")
+    # Another cache on the same folder (the plain disk store) deletes the better match.
+    from asynccache import DiskCache
+
+    other = DiskCache(disk_cache_dir=folder)
+    await other.async_delete_cache(cache.get_cache_key(**chat("apples and pears and plums")))
+    await other.aclose()
+    hit = await cache.async_lookup(chat("apples and pears and plums !"))
+    assert hit is not None and hit.value == "fruit"  # the next best live entry
+    assert cache.backend.indexed == 1
+    assert await cache.backend.compact() == 1  # the log keeps live rows only
+
+
+async def test_local_partitions_by_filter_at_ten_thousand_entries(make):
+    cache = make("local", embedding=HashEmbedder(64), similarity_threshold=0.99)
+    backend = cache.backend
+    models = [f"model-{i % 4}" for i in range(10_000)]
+    requests = [chat(f"question {i} about subject {i * 31 % 997}", model=models[i])
+                for i in range(10_000)]
+    for start in range(0, 10_000, 500):
+        chunk = requests[start : start + 500]
+        items = [cache._encode(cache.get_cache_key(**r), {"n": start + i}, None, None,
+                               cache.clock()) for i, r in enumerate(chunk)]
+        await backend.index_similar_many(chunk, items, prefix="")
+    assert backend.indexed == 10_000
+    assert sorted(p.rows for p in backend._partitions.values()) == [2500] * 4
+    hit = await cache.async_lookup(chat("question 4242 about subject 4242 ?".replace(
+        "subject 4242", f"subject {4242 * 31 % 997}"), model="model-2"))
+    assert hit is not None and hit.value == {"n": 4242}
+    # The same words under another model's filter never answer.
+    assert await cache.async_lookup(chat(f"question 4242 about subject {4242 * 31 % 997} ?",
+                                         model="model-1")) is None

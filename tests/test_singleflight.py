@@ -9,7 +9,7 @@ import pytest
 
 from asynccache import Cache, ConfigurationError, cached
 from asynccache.integrations import LeaseOptions, SingleFlight, cache_info
-from asynccache.integrations.singleflight import RedisLease
+from asynccache.integrations.singleflight import CacheLease
 from tests.fake_llm import FakeLLM, UpstreamError, messages
 from tests.helpers import settle, unique
 
@@ -153,7 +153,7 @@ needs_redis = pytest.mark.skipif(not HAS_REDIS_BACKEND,
 def lease_refused(monkeypatch):
     """An event set when some caller finds the lease taken (so it is now polling)."""
     refused = asyncio.Event()
-    real = RedisLease.acquire
+    real = CacheLease.acquire
 
     async def acquire(self):
         token = await real(self)
@@ -161,7 +161,7 @@ def lease_refused(monkeypatch):
             refused.set()
         return token
 
-    monkeypatch.setattr(RedisLease, "acquire", acquire)
+    monkeypatch.setattr(CacheLease, "acquire", acquire)
     return refused
 
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from asynccache import BaseCache, MemoryCache
-from asynccache.base import Backend, WriteItem
-from asynccache.stats import COUNTERS, LATENCY_BUCKETS, CacheStats
+from asynccache.contract import Backend, WriteItem
+from asynccache.stats import COUNTERS, LATENCY_BUCKETS, SAMPLE_EVERY, CacheStats
 from tests.helpers import chat_completion
 
 
@@ -117,8 +117,14 @@ async def test_cache_stats_show_latency_and_namespaces():
         await cache.async_get_cache("a", namespace="us")
         await cache.async_batch_get_cache(["a", "b", "c"])
         stats = cache.stats()
+        # An in-process cache times the first call of each operation, then one in
+        # SAMPLE_EVERY (the batch is one backend call); the counters count every call.
         assert stats["latency"]["set"]["count"] == 1
-        assert stats["latency"]["get"]["count"] == 4  # the batch is one backend call
+        assert stats["latency"]["get"]["count"] == 1
+        for _ in range(SAMPLE_EVERY):
+            await cache.async_get_cache("a")
+        assert cache.stats()["latency"]["get"]["count"] == 2
+        assert cache.stats()["namespaces"]["eu"]["hits"] == 2 + SAMPLE_EVERY
         assert stats["namespaces"]["eu"]["hits"] == 2
         assert stats["namespaces"]["eu"]["misses"] == 3
         assert stats["namespaces"]["us"]["misses"] == 1
@@ -129,20 +135,40 @@ async def test_cache_stats_show_latency_and_namespaces():
         await cache.aclose()
 
 
+async def test_lean_counters_from_many_threads_lose_nothing():
+    cache = MemoryCache()
+    await cache.async_set_cache("k", 1)
+
+    def work() -> None:
+        for _ in range(500):
+            assert cache.get_cache("k") == 1
+            cache.get_cache("absent")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = cache.stats()
+    assert stats["hits"] == 2000 and stats["misses"] == 2000
+    assert stats["namespaces"][""]["hits"] == 2000
+    await cache.aclose()
+
+
 class _Broken(Backend):
     name = "broken"
     remote = False
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         raise ConnectionError("down")
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         raise ConnectionError("down")
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         return 0
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         return 0
 
 
@@ -188,9 +214,10 @@ async def test_prometheus_exporter_reads_cache_stats():
             "asynccache_namespace_hits_total", {**labels, "namespace": "eu"}) == 1
         assert registry.get_sample_value("asynccache_hit_ratio", labels) == 0.5
         gets = {**labels, "operation": "get"}
-        assert registry.get_sample_value("asynccache_operation_seconds_count", gets) == 2
+        # In-process caches sample their timings: the first get of two is timed.
+        assert registry.get_sample_value("asynccache_operation_seconds_count", gets) == 1
         assert registry.get_sample_value(
-            "asynccache_operation_seconds_bucket", {**gets, "le": "+Inf"}) == 2
+            "asynccache_operation_seconds_bucket", {**gets, "le": "+Inf"}) == 1
         assert registry.get_sample_value(
             "asynccache_hits_total", {"cache": "memory:eu#2", "backend": "memory"}) == 0
         # Values are read at scrape time.
@@ -252,3 +279,10 @@ async def test_opentelemetry_callbacks_report_cache_stats():
         assert all(value >= 0 for value, _ in p99) and len(p99) == 2
     finally:
         await cache.aclose()
+
+
+async def test_backend_counters_reach_stats():
+    cache = MemoryCache(max_entries=2)
+    for key in ("a", "b", "c"):
+        await cache.async_set_cache(key, 1)
+    assert cache.stats()["backend_counters"] == {"evictions": 1}

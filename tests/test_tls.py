@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from asynccache import Cache, RedisCache
-from asynccache.backends.redis import REQUIRED_COMMANDS
+from asynccache.backends.redis_settings import REQUIRED_COMMANDS
 from asynccache.exceptions import AccessDeniedError, CacheConnectionError
 from tests.plugins.services import service_unavailable
 from tests.servers.processes import ServiceUnavailable
@@ -353,3 +353,71 @@ async def test_azure_over_https_fails_closed_without_the_ca(https_azurite):
         assert await cache.async_get_cache("k") is None
         with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
             await cache.async_test_connection()
+
+
+# -- PostgreSQL and MariaDB over TLS -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_postgres(test_ca):
+    from tests.servers.sql_servers import start_postgres
+
+    try:
+        server = start_postgres(name="postgres-tls",
+                                tls=(test_ca.server_cert, test_ca.server_key))
+    except ServiceUnavailable as exc:
+        service_unavailable("PostgreSQL (TLS)", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_mariadb(test_ca):
+    from tests.servers.sql_servers import start_mariadb
+
+    try:
+        server = start_mariadb(name="mariadb-tls", tls=(test_ca.server_cert, test_ca.server_key))
+    except ServiceUnavailable as exc:
+        service_unavailable("MariaDB (TLS)", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def tls_sql_server(request):
+    """Each TLS-only database server (set up before the test's event loop runs)."""
+    return request.getfixturevalue(f"tls_{request.param}")
+
+
+async def test_sql_over_tls_verified_against_the_ca(tls_sql_server, test_ca):
+    """The servers refuse connections that are not TLS, so a round trip proves TLS."""
+    server = tls_sql_server
+    async with Cache(type="sql", url=server.url, ssl_ca_certs=str(test_ca.ca_cert),
+                     table=f"tls_{uuid.uuid4().hex[:8]}") as cache:
+        await round_trip(cache)
+
+
+async def test_sql_with_another_ca_fails_closed(tls_sql_server, test_ca):
+    async with Cache(type="sql", url=tls_sql_server.url, breaker_threshold=1000,
+                     connect_timeout=3, table=f"tls_{uuid.uuid4().hex[:8]}",
+                     ssl_ca_certs=str(test_ca.other_ca_cert)) as cache:
+        assert await cache.async_set_cache("k", "v") is False
+        assert await cache.async_get_cache("k") is None
+        with pytest.raises(CacheConnectionError):
+            await cache.async_test_connection()
+
+
+async def test_plain_text_to_a_tls_only_mariadb_fails_closed(tls_mariadb):
+    # (asyncpg's own default, sslmode=prefer, encrypts without verifying: documented.)
+    async with Cache(type="sql", url=tls_mariadb.url, breaker_threshold=1000,
+                     connect_timeout=3, table=f"tls_{uuid.uuid4().hex[:8]}") as cache:
+        assert await cache.async_set_cache("k", "v") is False
+        assert await cache.async_get_cache("k") is None
+        with pytest.raises(CacheConnectionError):
+            await cache.async_test_connection()
+
+
+def test_sql_client_certificate_needs_a_ca():
+    from asynccache.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="need ssl_ca_certs"):
+        Cache(type="sql", url="postgresql+asyncpg://u@127.0.0.1/db", ssl_certfile="c.pem")

@@ -225,8 +225,8 @@ async def test_backend_failures_are_misses(cache, llm, monkeypatch):
     async def explode(*args, **kwargs):
         raise ConnectionError("store unreachable")
 
-    monkeypatch.setattr(cache.backend, "get_many", explode)
-    monkeypatch.setattr(cache.backend, "set_many", explode)
+    monkeypatch.setattr(cache.backend, "read_many", explode)
+    monkeypatch.setattr(cache.backend, "write_many", explode)
     acompletion = cached(llm.chat, cache=cache)
     await acompletion(model="gpt-4o", messages=messages())
     await acompletion(model="gpt-4o", messages=messages())

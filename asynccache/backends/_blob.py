@@ -7,17 +7,19 @@ implements in a few lines. Everything else lives here once:
 * **Object names.** A stored key becomes ``<path><namespace>/<key>`` where both parts are
   encoded so that any key is safe: only ``A-Z a-z 0-9 - _`` are kept, every other
   character becomes ``~XX`` per UTF-8 byte (so there is no ``.``/``..`` segment, no
-  control character, no ``%``), and the first ``:`` (the namespace separator) becomes
-  ``/`` so a namespace is a real folder. The encoding works left to right one character
-  at a time, so the name of a stored-key prefix is a prefix of the names of its keys and
-  ``clear(prefix)`` is a prefix listing. Long parts are cut and suffixed with ``~~`` and
-  a SHA-256 (``~~`` never occurs in a plain encoding, so hashed and plain names cannot
-  collide); names stay under about 800 characters plus the path.
-* **Expiry.** Each object carries its absolute expiry time as object metadata (the
-  envelope carries it too). Every read checks it with the cache's clock: an expired object
-  is a miss and is deleted in the background (conditionally on its version where the
-  store allows it, so a fresh write racing the delete survives). Object stores have no
-  native TTL, so this is what makes ``ttl=`` real; :meth:`install_lifecycle_rule` adds a
+  control character, no ``%``), and the namespace of the stored key
+  (:func:`asynccache.keys.split_stored_key`) becomes a real folder. The encoding works
+  left to right one character at a time, so the name of a stored-key prefix is a prefix
+  of the names of its keys and ``clear(prefix)`` is a prefix listing. Long parts are cut
+  and suffixed with ``~~`` and a SHA-256 (``~~`` never occurs in a plain encoding, so
+  hashed and plain names cannot collide); names stay under about 800 characters plus the
+  path.
+* **Expiry.** Each object carries its envelope's absolute expiry time
+  (:func:`asynccache.envelope.peek_expires_at`) as object metadata too, so a ``HEAD``
+  answers TTL questions without the body. A read that finds an expired object deletes
+  it in the background (conditionally on its version where the store allows it, so a
+  fresh write racing the delete survives); the cache decides the miss from the envelope
+  itself. Object stores have no native TTL; :meth:`install_lifecycle_rule` adds a
   store-side safety net where the store supports one.
 * **Bounded concurrency.** Batches run one request per object, at most
   ``max_concurrency`` at a time per event loop (an :class:`asyncio.Semaphore`). A batch
@@ -37,13 +39,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import orjson
-
 from .. import envelope
-from ..base import Backend, WriteItem
 from ..bridge import LoopLocal
 from ..config import NOT_GIVEN, NotGiven
+from ..contract import Backend, WriteItem
 from ..exceptions import CacheConnectionError, ConfigurationError
+from ..keys import split_stored_key
 
 logger = logging.getLogger("asynccache")
 
@@ -108,9 +109,9 @@ def object_name(stored_key: str) -> str:
     >>> object_name("my%20ns:../../etc/passwd")
     'my~2520ns/~2E~2E~2F~2E~2E~2Fetc~2Fpasswd'
     """
-    namespace, colon, key = stored_key.partition(":")
-    if not colon:
-        return _key_segment(stored_key)
+    namespace, key = split_stored_key(stored_key)
+    if namespace is None:
+        return _key_segment(key)
     return _namespace_segment(namespace) + "/" + _key_segment(key)
 
 
@@ -120,9 +121,9 @@ def listing_prefix(prefix: str) -> str:
     Exact for ``""`` and for namespace prefixes (``"ns:"``), which is what caches clear.
     A prefix reaching past the readable head of a hashed long key does not match that key.
     """
-    namespace, colon, key = prefix.partition(":")
-    if not colon:
-        return _encode(prefix)
+    namespace, key = split_stored_key(prefix)
+    if namespace is None:
+        return _encode(key)
     return _namespace_segment(namespace) + "/" + _encode(key)
 
 
@@ -259,36 +260,27 @@ class BlobBackend(Backend, abc.ABC):
 
     # -- expiry -------------------------------------------------------------------------
 
-    def _expiry_metadata(self, ttl: float | None) -> dict[str, str]:
-        value = NEVER if ttl is None else repr(self.clock() + ttl)
-        return {self.expiry_metadata: value}
+    def _expiry_metadata(self, data: bytes) -> dict[str, str]:
+        expires_at = envelope.peek_expires_at(data)
+        return {self.expiry_metadata: NEVER if expires_at is None else repr(expires_at)}
 
     def _expires_at(self, metadata: dict[str, str], data: bytes | None) -> float | NotGiven | None:
-        """Absolute expiry from the metadata, else from the envelope, else ``NOT_GIVEN``."""
+        """Absolute expiry from the body's envelope, else the metadata, else ``NOT_GIVEN``."""
+        if data is not None:
+            return envelope.peek_expires_at(data)
         raw = metadata.get(self.expiry_metadata)
         if raw is None:
-            # Stores that do not return metadata on downloads: read the envelope's "e".
+            # Some stores return metadata names in another case.
             lowered = {k.lower(): v for k, v in metadata.items()}
             raw = lowered.get(self.expiry_metadata.lower())
-        if raw is not None:
-            if raw == NEVER:
-                return None
-            try:
-                return float(raw)
-            except ValueError:
-                return NOT_GIVEN
-        if data is not None and data[:1] == b"{":
-            try:
-                decoded = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                return NOT_GIVEN
-            if isinstance(decoded, dict) and "e" in decoded:
-                expires = decoded["e"]
-                if expires is None:
-                    return None
-                if isinstance(expires, int | float) and not isinstance(expires, bool):
-                    return float(expires)
-        return NOT_GIVEN
+        if raw is None:
+            return NOT_GIVEN
+        if raw == NEVER:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            return NOT_GIVEN
 
     def _is_expired(self, expires_at: float | NotGiven | None, now: float) -> bool:
         return isinstance(expires_at, float) and now >= expires_at
@@ -376,7 +368,7 @@ class BlobBackend(Backend, abc.ABC):
             return None
         return found.data
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         names = [self.object_name(key) for key in keys]
         unique = list(dict.fromkeys(names))
         results = await self._bounded(self._read, unique)
@@ -388,11 +380,11 @@ class BlobBackend(Backend, abc.ABC):
         return [by_name[name] for name in names]
 
     async def _write(self, item: WriteItem) -> bool:
-        key, data, ttl = item
-        await self._put_object(self.object_name(key), data, self._expiry_metadata(ttl))
+        key, data, _ = item
+        await self._put_object(self.object_name(key), data, self._expiry_metadata(data))
         return True
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         # A batch may name a key twice; the last write wins, as in one Redis pipeline.
         last: dict[str, int] = {}
         for index, (key, _, _) in enumerate(items):
@@ -404,11 +396,11 @@ class BlobBackend(Backend, abc.ABC):
         flags = [ok[key] for key, _, _ in items]
         return None if all(flags) else flags
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         names = list(dict.fromkeys(self.object_name(key) for key in keys))
         return self._count_deleted(await self._bounded(self._delete_object, names))
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         listing = self.listing_prefix(prefix)
         deleted = 0
         token: str | None = None
@@ -419,29 +411,7 @@ class BlobBackend(Backend, abc.ABC):
             if not token:
                 return deleted
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        """Read, add, write back (not atomic across processes); keeps the first write's expiry."""
-        name = self.object_name(key)
-        now = self.clock()
-        found = await self._get_object(name)
-        value: float = 0
-        metadata = self._expiry_metadata(ttl)
-        if found is not None:
-            expires_at = self._expires_at(found.metadata, found.data)
-            if not self._is_expired(expires_at, now):
-                try:
-                    decoded = envelope.decode(found.data).value
-                except envelope.CorruptEntry:
-                    decoded = 0
-                value = decoded if isinstance(decoded, int | float) else 0
-                if not isinstance(expires_at, NotGiven):
-                    metadata = {self.expiry_metadata: NEVER if expires_at is None
-                                else repr(expires_at)}
-        value += amount
-        await self._put_object(name, orjson.dumps(value), metadata)
-        return value
-
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         name = self.object_name(key)
         head = await self._head_object(name)
         if head is None:
@@ -455,7 +425,7 @@ class BlobBackend(Backend, abc.ABC):
             return None
         return expires_at - now
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         """Check the bucket/container exists and the credentials work."""
         await self._check_store()
 
@@ -469,6 +439,9 @@ class BlobBackend(Backend, abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "max_concurrency": self.max_concurrency}
+
+    def counters(self) -> dict[str, int]:
+        return {"expired_deleted": self.expired_deleted, "object_errors": self.object_errors}
 
 
 def connection_error(store: str, what: str, reason: str, exc: BaseException | None = None

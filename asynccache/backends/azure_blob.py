@@ -32,6 +32,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from ..base import BaseCache
 from ..bridge import LoopLocal
+from ..config import split_settings
 from ..exceptions import ConfigurationError
 from ._blob import (
     DEFAULT_LIST_PAGE_SIZE,
@@ -42,6 +43,10 @@ from ._blob import (
     connection_error,
     require_name,
 )
+
+__all__ = [
+    "AzureBlobBackend", "AzureBlobCache",
+]
 
 
 def _error_code(exc: BaseException) -> str:
@@ -287,21 +292,8 @@ class AzureBlobCache(BaseCache):
     >>> await cache.async_get_cache("k")                            # doctest: +SKIP
     """
 
-    def __init__(self, azure_blob_container: str, azure_account_url: str | None = None, *,
-                 azure_connection_string: str | None = None,
-                 azure_account_key: str | None = None, azure_account_name: str | None = None,
-                 azure_sas_token: str | None = None, azure_credential: Any = None,
-                 azure_path: str | None = None, azure_api_version: str | None = None,
-                 azure_create_container: bool = True, azure_retry_total: int = 3,
-                 max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-                 list_page_size: int = DEFAULT_LIST_PAGE_SIZE, **settings: Any) -> None:
-        backend = AzureBlobBackend(
-            azure_blob_container, azure_account_url,
-            azure_connection_string=azure_connection_string,
-            azure_account_key=azure_account_key, azure_account_name=azure_account_name,
-            azure_sas_token=azure_sas_token, azure_credential=azure_credential,
-            azure_path=azure_path, azure_api_version=azure_api_version,
-            azure_create_container=azure_create_container, azure_retry_total=azure_retry_total,
-            max_concurrency=max_concurrency, list_page_size=list_page_size,
-        )
-        super().__init__(backend, **settings)
+    def __init__(self, azure_blob_container: str, azure_account_url: str | None = None,
+                 **settings: Any) -> None:
+        backend, cache = split_settings("AzureBlobCache", settings, AzureBlobBackend)
+        super().__init__(AzureBlobBackend(azure_blob_container, azure_account_url, **backend),
+                         **cache)

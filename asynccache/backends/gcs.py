@@ -22,6 +22,7 @@ from gcloud.aio.storage import Storage
 
 from ..base import BaseCache
 from ..bridge import LoopLocal
+from ..config import split_settings
 from ..exceptions import CacheConnectionError, ConfigurationError
 from ._blob import (
     DEFAULT_LIST_PAGE_SIZE,
@@ -32,6 +33,10 @@ from ._blob import (
     connection_error,
     require_name,
 )
+
+__all__ = [
+    "GCSBackend", "GCSCache", "lifecycle_rules",
+]
 
 _META_HEADER = "x-goog-meta-"
 _DEFAULT_API_ROOT = "https://storage.googleapis.com"
@@ -267,11 +272,6 @@ class GCSCache(BaseCache):
     >>> await cache.async_get_cache("k")                                 # doctest: +SKIP
     """
 
-    def __init__(self, gcs_bucket_name: str, *, gcs_path: str | None = None,
-                 gcs_path_service_account: str | None = None, gcs_api_root: str | None = None,
-                 gcs_timeout: int = 30, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-                 list_page_size: int = DEFAULT_LIST_PAGE_SIZE, **settings: Any) -> None:
-        backend = GCSBackend(gcs_bucket_name, gcs_path, gcs_path_service_account,
-                             gcs_api_root=gcs_api_root, gcs_timeout=gcs_timeout,
-                             max_concurrency=max_concurrency, list_page_size=list_page_size)
-        super().__init__(backend, **settings)
+    def __init__(self, gcs_bucket_name: str, **settings: Any) -> None:
+        backend, cache = split_settings("GCSCache", settings, GCSBackend)
+        super().__init__(GCSBackend(gcs_bucket_name, **backend), **cache)

@@ -10,12 +10,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import orjson
-
-from .. import envelope
-from ..base import Backend, BaseCache, WriteItem
+from ..base import BaseCache
 from ..config import NotGiven
+from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "MemoryBackend", "MemoryCache",
+]
 
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -66,30 +68,84 @@ class MemoryBackend(Backend):
         return True
 
     def _store(self, key: str, data: bytes, ttl: float | None, now: float) -> bool:
-        if len(data) > self.max_bytes:
+        size = len(data)
+        if size > self.max_bytes:
             return False
-        self._remove(key)
-        self._data[key] = (data, None if ttl is None else now + ttl)
-        self._bytes += len(data)
-        while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
-            _, (old, _) = self._data.popitem(last=False)
-            self._bytes -= len(old)
-            self.evictions += 1
+        entries = self._data
+        previous = entries.pop(key, None)
+        if previous is not None:
+            self._bytes -= len(previous[0])
+        entries[key] = (data, None if ttl is None else now + ttl)
+        self._bytes += size
+        if len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._evict()
         return True
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        now = self.clock()
-        return [self._lookup(key, now) for key in keys]
+    def _evict(self) -> None:
+        entries = self._data
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, (old, _) = entries.popitem(last=False)
+            self._bytes -= len(old)
+            self.evictions += 1
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
-        now = self.clock()
-        results = [self._store(key, data, ttl, now) for key, data, ttl in items]
-        return None if all(results) else results
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self.read_many_now(keys)
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        return self.write_many_now(items)
+
+    def read_one_now(self, key: str) -> bytes | None:
+        """One key's bytes or ``None``, synchronously (the lean single get calls this)."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] is not None and self.clock() >= item[1]:
+            self._remove(key)
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    def read_many_now(self, keys: Sequence[str]) -> list[bytes | None]:
+        """:meth:`read_many` without the coroutine (the cache's lean path calls this)."""
+        # The lookup inlined: this loop is the whole of a batch get's backend work.
+        now = self.clock()
+        entries = self._data
+        get, touch = entries.get, entries.move_to_end
+        found: list[bytes | None] = []
+        append = found.append
+        for key in keys:
+            item = get(key)
+            if item is None:
+                append(None)
+            elif item[1] is not None and now >= item[1]:
+                self._remove(key)
+                append(None)
+            else:
+                touch(key)
+                append(item[0])
+        return found
+
+    def write_one_now(self, item: WriteItem) -> bool:
+        """Store one item synchronously (the lean single set calls this)."""
+        return self._store(item[0], item[1], item[2], self.clock())
+
+    def write_many_now(self, items: Sequence[WriteItem]) -> list[bool] | None:
+        """:meth:`write_many` without the coroutine (the cache's lean path calls this)."""
+        now = self.clock()
+        store = self._store
+        failed: list[int] = [i for i, (key, data, ttl) in enumerate(items)
+                             if not store(key, data, ttl, now)]
+        if not failed:
+            return None
+        results = [True] * len(items)
+        for index in failed:
+            results[index] = False
+        return results
+
+    async def remove_many(self, keys: Sequence[str]) -> int:
         return sum(self._remove(key) for key in keys)
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         if not prefix:
             count = len(self._data)
             self._data.clear()
@@ -100,35 +156,21 @@ class MemoryBackend(Backend):
             self._remove(key)
         return len(doomed)
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
-        # No await between read and write: atomic on the event loop.
-        now = self.clock()
-        current = self._lookup(key, now)
-        value: float = 0
-        if current is not None:
-            try:
-                decoded = envelope.decode(current).value
-                value = decoded if isinstance(decoded, int | float) else 0
-            except envelope.CorruptEntry:
-                value = 0
-            expires_at = self._data[key][1]
-            ttl = None if expires_at is None else max(expires_at - now, 1e-9)
-        value += amount
-        self._store(key, orjson.dumps(value), ttl, now)
-        return value
-
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         now = self.clock()
         if self._lookup(key, now) is None:
             return None
         expires_at = self._data[key][1]
         return None if expires_at is None else max(0.0, expires_at - now)
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         return None
 
     def describe(self) -> dict[str, Any]:
         return {"max_entries": self.max_entries, "max_bytes": self.max_bytes}
+
+    def counters(self) -> dict[str, int]:
+        return {"evictions": self.evictions}
 
 
 class MemoryCache(BaseCache):

@@ -21,351 +21,36 @@ commands.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
-from redis.asyncio.connection import Connection, SSLConnection, parse_url
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
-from redis.retry import Retry
+from redis.exceptions import ResponseError
 
-from ..base import Backend, BaseCache, WriteItem
+from ..base import BaseCache
 from ..bridge import LoopLocal
-from ..config import NotGiven, env_settings
-from ..exceptions import AccessDeniedError, ConfigurationError
+from ..config import NotGiven, split_settings
+from ..contract import Backend, WriteItem
+from ..exceptions import ConfigurationError
+from .redis_settings import (
+    DEFAULT_SCAN_COUNT,
+    REDIS_SETTINGS,
+    RedisSettings,
+    escape_glob,
+    pack_command,
+    raise_for_permission,
+    set_command,
+    timeout_after,
+    write_flags,
+)
 
-logger = logging.getLogger("asynccache")
-
-_hiredis_pack: Any
-try:  # hiredis packs commands in C; redis[hiredis] brings it
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is part of the redis extra
-    _hiredis_pack = None
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 6379
-DEFAULT_MAX_CONNECTIONS = 50
-#: Seconds: an unreachable or frozen Redis fails a call after this long, never hangs it.
-DEFAULT_SOCKET_TIMEOUT = 5.0
-DEFAULT_CONNECT_TIMEOUT = 2.0
-_SCAN_COUNT = 1000
-_GLOB_SPECIAL = frozenset("*?[]\\")
-
-#: Connection options passed through to redis-py as they are.
-CONNECTION_OPTIONS = frozenset({
-    "client_name", "credential_provider", "health_check_interval", "socket_keepalive",
-    "socket_keepalive_options", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_cert_reqs",
-    "ssl_certfile", "ssl_check_hostname", "ssl_ciphers", "ssl_keyfile", "ssl_min_version",
-    "ssl_password",
-})
-_NOT_ON_CLUSTER = frozenset({"ssl_ca_path", "ssl_password"})
-
-#: Environment variables read by :func:`redis_env_settings` (explicit arguments win).
-ENV_VARIABLES = ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_URL", "REDIS_CLUSTER_NODES")
-
-
-# -- settings ---------------------------------------------------------------------------
-
-
-def parse_cluster_nodes(value: object) -> list[dict[str, Any]]:
-    """Startup nodes as ``[{"host": ..., "port": ...}]`` from any accepted spelling.
-
-    Accepts a list of dicts or ``(host, port)`` pairs, a JSON list, or the text
-    ``"host1:port1,host2:port2"`` (the ``REDIS_CLUSTER_NODES`` format).
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                raise ConfigurationError(f"cluster nodes are not valid JSON: {exc}") from None
-        else:
-            value = [part.strip() for part in text.split(",") if part.strip()]
-    if not isinstance(value, list | tuple) or not value:
-        raise ConfigurationError(
-            "redis_startup_nodes must be a non-empty list of {'host', 'port'}, "
-            f"got {value!r:.100}"
-        )
-    nodes: list[dict[str, Any]] = []
-    for node in value:
-        if isinstance(node, Mapping):
-            host, port = node.get("host"), node.get("port")
-        elif isinstance(node, str):
-            host, _, port = node.rpartition(":")
-            host = host.strip("[]")
-        elif isinstance(node, list | tuple) and len(node) == 2:
-            host, port = node
-        else:
-            raise ConfigurationError(f"cannot read cluster node {node!r:.100}")
-        try:
-            port_number = int(port)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"cluster node {node!r:.100} has no valid port") from None
-        if not host or not isinstance(host, str):
-            raise ConfigurationError(f"cluster node {node!r:.100} has no host")
-        nodes.append({"host": host, "port": port_number})
-    return nodes
-
-
-def redis_env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Settings read from ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_PASSWORD``, ``REDIS_URL``
-    and ``REDIS_CLUSTER_NODES`` (unset variables are left out)."""
-    found = env_settings(
-        "REDIS_",
-        {"host": str, "port": int, "password": str, "url": str, "cluster_nodes": str},
-        os.environ if environ is None else environ,
-    )
-    if "cluster_nodes" in found:
-        found["startup_nodes"] = parse_cluster_nodes(found.pop("cluster_nodes"))
-    return found
-
-
-def _verification_off(cert_reqs: object) -> bool:
-    """Whether an ``ssl_cert_reqs`` value turns server certificate checks off."""
-    import ssl as ssl_module
-
-    if isinstance(cert_reqs, str):
-        return cert_reqs.lower() == "none"
-    return cert_reqs is None or cert_reqs == ssl_module.CERT_NONE
-
-
-def _positive(name: str, value: Any, kind: type = float, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
-        kind is int and not isinstance(value, int)
-    ):
-        raise ConfigurationError(
-            f"{name} must be a positive {kind.__name__}{' or None' if allow_none else ''}, "
-            f"got {value!r}"
-        )
-    return value
-
-
-#: The commands the Redis cache sends, for a least-privilege ACL user (see the docs'
-#: security page): ``ACL SETUSER cache on >PASSWORD resetkeys ~NAMESPACE:* -@all +...``.
-REQUIRED_COMMANDS = ("get", "mget", "set", "del", "unlink", "scan", "incrbyfloat",
-                     "pexpire", "pttl", "ping")
-
-
-def access_denied(exc: NoPermissionError) -> AccessDeniedError:
-    """A Redis ``NOPERM`` reply as an error that says which rights the cache needs."""
-    return AccessDeniedError(
-        f"Redis refused the cache's user: {exc}. The cache needs the commands "
-        f"{' '.join('+' + name for name in REQUIRED_COMMANDS)} on its namespace's keys "
-        "(e.g. ~NAMESPACE:*)"
-    )
-
-
-def raise_for_permission(replies: Sequence[object]) -> None:
-    """Raise :class:`AccessDeniedError` if any reply is a ``NOPERM`` error.
-
-    A permission error is a configuration problem of the whole batch, not a failure of
-    one item: it is raised so the guard logs it and ``test_connection`` reports it.
-    """
-    for reply in replies:
-        if isinstance(reply, NoPermissionError):
-            raise access_denied(reply) from reply
-
-
-def write_flags(replies: Sequence[object]) -> list[bool] | None:
-    """Per-item results of a batch of writes: ``None`` when every reply succeeded."""
-    raise_for_permission(replies)
-    if any(isinstance(reply, Exception) for reply in replies):
-        return [not isinstance(reply, Exception) for reply in replies]
-    return None
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    """Resolved connection settings (explicit arguments over environment variables)."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    ssl: bool = False
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT
-    socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
-    startup_nodes: tuple[tuple[str, int], ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def resolve(
-        cls,
-        *,
-        host: str | None = None,
-        port: int | str | None = None,
-        password: str | None = None,
-        username: str | None = None,
-        db: int | str | None = None,
-        url: str | None = None,
-        ssl: bool | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        startup_nodes: object = None,
-        environ: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> RedisSettings:
-        """Merge explicit settings over the environment; raise naming a bad setting.
-
-        Precedence: explicit arguments, then an explicit ``url``, then ``REDIS_URL``
-        (only when no explicit host/port/url was given), then ``REDIS_HOST`` /
-        ``REDIS_PORT`` / ``REDIS_PASSWORD``, then the defaults.
-        """
-        env = redis_env_settings(environ)
-        explicit_address = host is not None or port is not None or url is not None
-        from_url: dict[str, Any] = {}
-        chosen_url = url if url is not None else (None if explicit_address else env.get("url"))
-        if chosen_url is not None:
-            if not isinstance(chosen_url, str) or not chosen_url.startswith(
-                ("redis://", "rediss://")
-            ):
-                raise ConfigurationError("url must start with redis:// or rediss://")
-            try:
-                parsed = dict(parse_url(chosen_url))
-            except ValueError as exc:
-                raise ConfigurationError(f"cannot read the Redis url: {exc}") from None
-            from_url = {k: parsed[k] for k in ("host", "port", "username", "password", "db")
-                        if k in parsed}
-            if chosen_url.startswith("rediss://"):
-                from_url["ssl"] = True
-
-        def pick(name: str, given: Any, default: Any) -> Any:
-            if given is not None:
-                return given
-            if name in from_url:
-                return from_url[name]
-            if (not explicit_address or name == "password") and name in env:
-                return env[name]
-            return default
-
-        chosen_port = pick("port", port, DEFAULT_PORT)
-        try:
-            port_number = int(chosen_port)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"port must be an int, got {chosen_port!r}") from None
-        if not 0 < port_number < 65536:
-            raise ConfigurationError(f"port must be 1-65535, got {chosen_port!r}")
-        chosen_db = pick("db", db, 0)
-        try:
-            db_number = int(chosen_db)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"db must be an int, got {chosen_db!r}") from None
-        nodes: tuple[tuple[str, int], ...] = ()
-        if startup_nodes is not None:
-            nodes = tuple((n["host"], n["port"]) for n in parse_cluster_nodes(startup_nodes))
-        elif not explicit_address and "startup_nodes" in env:
-            nodes = tuple((n["host"], n["port"]) for n in env["startup_nodes"])
-        use_ssl = bool(pick("ssl", ssl, False))
-        options = dict(extra or {})
-        nested = options.pop("client_options", None)
-        if nested is not None:
-            if not isinstance(nested, Mapping):
-                raise ConfigurationError(
-                    f"client_options must be a dict of connection options, got {nested!r:.100}"
-                )
-            # The semantic cache's spelling; accepted here too so one dict works for both.
-            options = {**nested, **options}
-        allowed = CONNECTION_OPTIONS - (_NOT_ON_CLUSTER if nodes else frozenset())
-        for name in options:
-            if name not in allowed:
-                raise ConfigurationError(
-                    f"unknown Redis setting {name!r}; connection options accepted: "
-                    f"{', '.join(sorted(allowed))}"
-                )
-            if name.startswith("ssl_") and not use_ssl:
-                raise ConfigurationError(f"{name} needs ssl=True or a rediss:// url")
-        if use_ssl and _verification_off(options.get("ssl_cert_reqs", "required")):
-            logger.warning(
-                "asynccache: TLS certificate verification is OFF for Redis (ssl_cert_reqs=%r): "
-                "the connection is encrypted but the server is not authenticated",
-                options["ssl_cert_reqs"],
-            )
-        return cls(
-            host=str(pick("host", host, DEFAULT_HOST)),
-            port=port_number,
-            username=pick("username", username, None),
-            password=pick("password", password, None),
-            db=db_number,
-            ssl=use_ssl,
-            max_connections=_positive("max_connections", max_connections, int),
-            socket_timeout=_positive("socket_timeout", socket_timeout, allow_none=True),
-            socket_connect_timeout=_positive(
-                "socket_connect_timeout", socket_connect_timeout, allow_none=True
-            ),
-            startup_nodes=nodes,
-            extra=options,
-        )
-
-    def connection_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for a ``redis.asyncio`` connection (password included)."""
-        kwargs: dict[str, Any] = {
-            "host": self.host, "port": self.port, "db": self.db,
-            "username": self.username, "password": self.password,
-            "socket_timeout": self.socket_timeout,
-            "socket_connect_timeout": self.socket_connect_timeout,
-            # Failures are retried (once, on a fresh connection) by the backend and then
-            # handled by the circuit breaker; retrying inside the connection would only
-            # multiply the wait on a dead server.
-            "retry": Retry(NoBackoff(), 0),
-            **self.extra,
-        }
-        return kwargs
-
-    def describe(self) -> dict[str, Any]:
-        """Non-secret settings (no password)."""
-        described: dict[str, Any] = {"host": self.host, "port": self.port}
-        if self.startup_nodes:
-            described = {"startup_nodes": [f"{h}:{p}" for h, p in self.startup_nodes]}
-        else:
-            described["db"] = self.db
-        if self.username:
-            described["username"] = self.username
-        described.update(ssl=self.ssl, max_connections=self.max_connections,
-                         socket_timeout=self.socket_timeout)
-        return described
-
-
-# -- the wire ---------------------------------------------------------------------------
-
-
-def pack(*args: bytes | str | int) -> bytes:
-    """One command in the Redis protocol (hiredis packs it in C when installed)."""
-    if _hiredis_pack is not None:
-        packed: bytes = _hiredis_pack(args)
-        return packed
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def set_command(key: str, data: bytes, ttl: float | None) -> bytes:
-    """``SET key data [EX s | PX ms]``: whole seconds use EX, fractions use PX."""
-    encoded = key.encode()
-    if ttl is None:
-        return pack(b"SET", encoded, data)
-    if float(ttl).is_integer():
-        return pack(b"SET", encoded, data, b"EX", int(ttl))
-    return pack(b"SET", encoded, data, b"PX", max(1, math.ceil(ttl * 1000)))
-
-
-def escape_glob(text: str) -> str:
-    """``text`` with the glob characters of ``SCAN MATCH`` escaped."""
-    return "".join("\\" + ch if ch in _GLOB_SPECIAL else ch for ch in text)
-
+__all__ = [
+    "REDIS_SETTINGS", "ConnectionSet", "RedisBackend", "RedisCache", "RedisSettings",
+    "create_redis_backend",
+]
 
 class ConnectionSet:
     """The connections of one event loop: a LIFO free list bounded by ``max_connections``.
@@ -430,7 +115,7 @@ class ConnectionSet:
         if timeout is None:
             return await self._send_and_read(conn, packed, replies)
         # One deadline for the whole batch rather than one timer per reply.
-        async with _async_timeout(timeout):
+        async with timeout_after(timeout):
             return await self._send_and_read(conn, packed, replies)
 
     @staticmethod
@@ -455,25 +140,23 @@ class ConnectionSet:
                 pass
 
 
-def _async_timeout(seconds: float) -> Any:
-    if hasattr(asyncio, "timeout"):
-        return asyncio.timeout(seconds)
-    from redis.asyncio.connection import async_timeout  # pragma: no cover - Python 3.10
-
-    return async_timeout(seconds)  # pragma: no cover
-
-
 # -- the backend ------------------------------------------------------------------------
+
+# Deletes the lease only if the caller's token still holds it (it may have expired and
+# been taken by another process meanwhile).
+_RELEASE_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end"
+)
 
 
 class RedisBackend(Backend):
     """One Redis server (or a proxy speaking its protocol): batches in one round trip.
 
-    Settings: ``host``, ``port``, ``password``, ``username``, ``db``, ``url``
-    (``redis://`` or ``rediss://`` for TLS), ``ssl``, ``max_connections``,
-    ``socket_timeout``, ``socket_connect_timeout``; unset ones come from ``REDIS_HOST``,
-    ``REDIS_PORT``, ``REDIS_PASSWORD`` and ``REDIS_URL``. Extra keyword arguments
-    (``ssl_ca_certs``, ``ssl_cert_reqs``, ``client_name``...) go to the connections.
+    Settings are those of :class:`RedisSettings` (``host``, ``port``, ``password``,
+    ``username``, ``db``, ``url``, ``ssl``, ``max_connections``, timeouts, and connection
+    options such as ``ssl_ca_certs``); unset ones come from ``REDIS_HOST``,
+    ``REDIS_PORT``, ``REDIS_PASSWORD`` and ``REDIS_URL``.
     """
 
     name: ClassVar[str] = "redis"
@@ -481,28 +164,12 @@ class RedisBackend(Backend):
     max_batch: ClassVar[int] = 1000
     sync_on_caller_thread: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        host: str | None = None,
-        port: int | str | None = None,
-        *,
-        password: str | None = None,
-        username: str | None = None,
-        db: int | str | None = None,
-        url: str | None = None,
-        ssl: bool | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        settings: RedisSettings | None = None,
-        **connection_options: Any,
-    ) -> None:
+    def __init__(self, host: str | None = None, port: int | str | None = None, *,
+                 settings: RedisSettings | None = None, **options: Any) -> None:
         if settings is None:
-            settings = RedisSettings.resolve(
-                host=host, port=port, password=password, username=username, db=db, url=url,
-                ssl=ssl, max_connections=max_connections, socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout, extra=connection_options,
-            )
+            settings = RedisSettings.from_options(
+                {**options, **({"host": host} if host is not None else {}),
+                 **({"port": port} if port is not None else {})})
         self.settings = replace(settings, startup_nodes=())
         self._connections: LoopLocal[ConnectionSet] = LoopLocal(self._open, _close)
 
@@ -516,51 +183,64 @@ class RedisBackend(Backend):
 
     async def command(self, *args: bytes | str | int) -> Any:
         """Run one command and return its reply (an error reply raises)."""
-        reply = (await self._run(pack(*args), 1))[0]
+        reply = (await self._run(pack_command(*args), 1))[0]
         if isinstance(reply, Exception):
             raise_for_permission((reply,))
             raise reply
         return reply
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    # -- the lease capability ----------------------------------------------------------
+
+    async def acquire_lease(self, key: str, token: str, ttl: float) -> bool:
+        reply = await self.command(b"SET", key.encode(), token, b"NX", b"PX",
+                                   max(1, int(ttl * 1000)))
+        return reply is not None
+
+    async def lease_held(self, key: str) -> bool:
+        return bool(await self.command(b"EXISTS", key.encode()))
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        return bool(await self.command(b"EVAL", _RELEASE_SCRIPT, 1, key.encode(), token))
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        reply = (await self._run(pack(b"MGET", *[key.encode() for key in keys]), 1))[0]
+        reply = (await self._run(pack_command(b"MGET", *[key.encode() for key in keys]), 1))[0]
         if isinstance(reply, Exception):
             raise_for_permission((reply,))
             raise reply
         return list(reply)
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         if not items:
             return None
         packed = b"".join([set_command(key, data, ttl) for key, data, ttl in items])
         return write_flags(await self._run(packed, len(items)))
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         return int(await self.command(b"UNLINK", *[key.encode() for key in keys]))
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         pattern = escape_glob(prefix).encode() + b"*"
         deleted = 0
         cursor: bytes | int = b"0"
         while True:
             cursor, keys = await self.command(b"SCAN", cursor, b"MATCH", pattern,
-                                              b"COUNT", _SCAN_COUNT)
+                                              b"COUNT", DEFAULT_SCAN_COUNT)
             if keys:
                 deleted += int(await self.command(b"UNLINK", *keys))
             if int(cursor) == 0:
                 return deleted
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+    async def increment_counter(self, key: str, amount: float, ttl: float | None) -> float:
         encoded = key.encode()
         number = repr(float(amount)) if not isinstance(amount, int) else str(amount)
-        commands = [pack(b"INCRBYFLOAT", encoded, number)]
+        commands = [pack_command(b"INCRBYFLOAT", encoded, number)]
         if ttl is not None:
             # NX: the TTL applies only when the counter has none (it was just created).
-            commands.append(pack(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)), b"NX"))
+            commands.append(pack_command(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)), b"NX"))
         # Not retried: INCRBYFLOAT is not idempotent.
         replies = await self._run(b"".join(commands), len(commands), retry=False)
         raise_for_permission(replies)
@@ -578,11 +258,11 @@ class RedisBackend(Backend):
             await self.command(b"PEXPIRE", encoded, max(1, math.ceil(ttl * 1000)))
         return float(value)
 
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         millis = int(await self.command(b"PTTL", key.encode()))
         return None if millis < 0 else millis / 1000
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         await self.command(b"PING")
 
     async def aclose(self) -> None:
@@ -603,40 +283,23 @@ async def _close(connections: ConnectionSet) -> None:
 
 
 def create_redis_backend(
-    *,
-    redis_startup_nodes: object = None,
-    startup_nodes: object = None,
-    host: str | None = None,
-    port: int | str | None = None,
-    password: str | None = None,
-    username: str | None = None,
-    db: int | str | None = None,
-    url: str | None = None,
-    ssl: bool | None = None,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-    socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-    cluster_retry_seconds: float | None = None,
-    environ: Mapping[str, str] | None = None,
-    **connection_options: Any,
+    *, redis_startup_nodes: object = None, cluster_retry_seconds: float | None = None,
+    environ: Mapping[str, str] | None = None, **options: Any,
 ) -> Backend:
     """The backend for ``Cache(type="redis", ...)``.
 
-    A Redis Cluster backend when ``redis_startup_nodes`` is given (or
-    ``REDIS_CLUSTER_NODES`` is set and no explicit host/port/url is), else a single
-    Redis. Explicit arguments override environment variables.
-    ``cluster_retry_seconds`` (cluster only) bounds how long a batch retries through a
-    failover.
+    A Redis Cluster backend when ``redis_startup_nodes`` (or ``startup_nodes``) is given,
+    or ``REDIS_CLUSTER_NODES`` is set and no explicit host/port/url is; else a single
+    Redis. ``options`` are :class:`RedisSettings`; explicit ones override environment
+    variables. ``cluster_retry_seconds`` (cluster only) bounds how long a batch retries
+    through a failover.
     """
-    nodes = redis_startup_nodes if redis_startup_nodes is not None else startup_nodes
-    if db is not None and nodes is not None and int(db) != 0:
+    if redis_startup_nodes is not None:
+        options = {**options, "startup_nodes": redis_startup_nodes}
+    db = options.get("db")
+    if db is not None and options.get("startup_nodes") is not None and int(db) != 0:
         raise ConfigurationError("db must be 0 on Redis Cluster")
-    settings = RedisSettings.resolve(
-        host=host, port=port, password=password, username=username, db=db, url=url, ssl=ssl,
-        max_connections=max_connections, socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout, startup_nodes=nodes, environ=environ,
-        extra=connection_options,
-    )
+    settings = RedisSettings.from_options(options, environ)
     if settings.startup_nodes:
         from .redis_cluster import RedisClusterBackend
 
@@ -646,22 +309,6 @@ def create_redis_backend(
     if cluster_retry_seconds is not None:
         raise ConfigurationError("cluster_retry_seconds applies to Redis Cluster only")
     return RedisBackend(settings=settings)
-
-
-_BACKEND_ARGS = frozenset({
-    "host", "port", "password", "username", "db", "url", "ssl", "max_connections",
-    "socket_timeout", "socket_connect_timeout",
-})
-
-
-def split_backend_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate connection settings from :class:`BaseCache` settings."""
-    import inspect
-
-    common_names = set(inspect.signature(BaseCache.__init__).parameters) - {"self", "backend"}
-    common = {k: v for k, v in settings.items() if k in common_names}
-    backend = {k: v for k, v in settings.items() if k not in common_names}
-    return common, backend
 
 
 class RedisCache(BaseCache):
@@ -678,5 +325,5 @@ class RedisCache(BaseCache):
 
     def __init__(self, host: str | None = None, port: int | str | None = None,
                  **settings: Any) -> None:
-        common, backend = split_backend_settings(settings)
-        super().__init__(RedisBackend(host, port, **backend), **common)
+        backend, cache = split_settings("RedisCache", settings, RedisBackend, REDIS_SETTINGS)
+        super().__init__(RedisBackend(host, port, **backend), **cache)

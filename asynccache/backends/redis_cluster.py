@@ -37,28 +37,31 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..base import Backend, BaseCache, WriteItem
+from ..base import BaseCache
 from ..bridge import LoopLocal
-from ..config import NotGiven
+from ..config import NotGiven, split_settings
+from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
-from .redis import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SOCKET_TIMEOUT,
+from .redis_settings import (
+    DEFAULT_SCAN_COUNT,
+    REDIS_SETTINGS,
     RedisSettings,
-    _async_timeout,
     escape_glob,
-    pack,
+    pack_command,
     raise_for_permission,
     set_command,
-    split_backend_settings,
+    timeout_after,
     write_flags,
 )
+
+__all__ = [
+    "DEFAULT_CLUSTER_RETRY_SECONDS", "ClusterRetryExhausted", "RedisClusterBackend",
+    "RedisClusterCache",
+]
 
 logger = logging.getLogger("asynccache")
 
 DEFAULT_CLUSTER_RETRY_SECONDS = 4.0
-_SCAN_COUNT = 1000
 #: Replies that mean "the cluster is changing": retry after refreshing the slot map.
 _TRANSIENT_REPLIES = (TryAgainError, ClusterDownError, ReadOnlyError)
 #: Failures of a whole node pipeline that mean "this node is gone or busy".
@@ -83,33 +86,17 @@ class RedisClusterBackend(Backend):
     remote: ClassVar[bool] = True
     max_batch: ClassVar[int] = 1000
 
-    def __init__(
-        self,
-        startup_nodes: object = None,
-        *,
-        redis_startup_nodes: object = None,
-        host: str | None = None,
-        port: int | str | None = None,
-        password: str | None = None,
-        username: str | None = None,
-        ssl: bool | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        cluster_retry_seconds: float = DEFAULT_CLUSTER_RETRY_SECONDS,
-        settings: RedisSettings | None = None,
-        **connection_options: Any,
-    ) -> None:
+    def __init__(self, startup_nodes: object = None, *,
+                 cluster_retry_seconds: float = DEFAULT_CLUSTER_RETRY_SECONDS,
+                 settings: RedisSettings | None = None, **options: Any) -> None:
         if settings is None:
-            nodes = startup_nodes if startup_nodes is not None else redis_startup_nodes
+            nodes = startup_nodes
+            if nodes is None:
+                nodes = options.pop("redis_startup_nodes", None)
+            host = options.pop("host", None)
             if nodes is None and host is not None:
-                nodes = [{"host": host, "port": port or 6379}]
-            settings = RedisSettings.resolve(
-                password=password, username=username, ssl=ssl,
-                max_connections=max_connections, socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout, startup_nodes=nodes,
-                extra=connection_options,
-            )
+                nodes = [{"host": host, "port": options.pop("port", None) or 6379}]
+            settings = RedisSettings.from_options({**options, "startup_nodes": nodes})
         if not settings.startup_nodes:
             raise ConfigurationError(
                 "Redis Cluster needs startup_nodes=[{'host': ..., 'port': ...}] "
@@ -175,7 +162,7 @@ class RedisClusterBackend(Backend):
             timeout = self.settings.socket_timeout
             if timeout is None:
                 return await _send_and_read(conn, commands)
-            async with _async_timeout(timeout):
+            async with timeout_after(timeout):
                 return await _send_and_read(conn, commands)
         except BaseException:
             await conn.disconnect(nowait=True)
@@ -274,42 +261,42 @@ class RedisClusterBackend(Backend):
         if node is None:
             node = ClusterNode(ask.host, ask.port, **client.nodes_manager.connection_kwargs)
         try:
-            replies = await self._node_exchange(node, [pack(b"ASKING"), command])
+            replies = await self._node_exchange(node, [pack_command(b"ASKING"), command])
         except _NODE_FAILURES as exc:
             return TryAgainError(str(exc))
         return replies[1]
 
     # -- the contract -------------------------------------------------------------------
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         encoded = [key.encode() for key in keys]
-        replies = await self._batch([pack(b"GET", key) for key in encoded], encoded)
+        replies = await self._batch([pack_command(b"GET", key) for key in encoded], encoded)
         raise_for_permission(replies)
         for reply in replies:
             if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                 raise reply
         return [reply if isinstance(reply, bytes) else None for reply in replies]
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         if not items:
             return None
         commands = [set_command(key, data, ttl) for key, data, ttl in items]
         return write_flags(await self._batch(commands, [item[0].encode() for item in items]))
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         encoded = [key.encode() for key in keys]
-        replies = await self._batch([pack(b"UNLINK", key) for key in encoded], encoded)
+        replies = await self._batch([pack_command(b"UNLINK", key) for key in encoded], encoded)
         raise_for_permission(replies)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return sum(int(reply) for reply in replies)
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         client = await self._client()
         pattern = escape_glob(prefix).encode() + b"*"
         primaries = client.get_primaries()
@@ -321,7 +308,8 @@ class RedisClusterBackend(Backend):
         cursor: bytes = b"0"
         while True:
             reply = (await self._node_exchange(
-                node, [pack(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", _SCAN_COUNT)]
+                node,
+                [pack_command(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", DEFAULT_SCAN_COUNT)],
             ))[0]
             if isinstance(reply, Exception):
                 raise reply
@@ -329,12 +317,12 @@ class RedisClusterBackend(Backend):
             if keys:
                 # Routed by slot again (not sent to this node blindly): a key may have
                 # moved since the scan saw it.
-                replies = await self._batch([pack(b"UNLINK", key) for key in keys], keys)
+                replies = await self._batch([pack_command(b"UNLINK", key) for key in keys], keys)
                 deleted += sum(int(r) for r in replies if not isinstance(r, Exception))
             if int(cursor) == 0:
                 return deleted
 
-    async def increment(self, key: str, amount: float, ttl: float | None) -> float:
+    async def increment_counter(self, key: str, amount: float, ttl: float | None) -> float:
         client = await self._client()
         number = str(amount) if isinstance(amount, int) else repr(float(amount))
         try:
@@ -352,12 +340,12 @@ class RedisClusterBackend(Backend):
             await client.execute_command("PEXPIRE", key, max(1, math.ceil(ttl * 1000)), "NX")
         return float(value)
 
-    async def get_ttl(self, key: str) -> float | NotGiven | None:
+    async def stored_ttl(self, key: str) -> float | NotGiven | None:
         client = await self._client()
         millis = int(await client.execute_command("PTTL", key))
         return None if millis < 0 else millis / 1000
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         client = await self._client()
         await client.execute_command("PING")
 
@@ -365,8 +353,10 @@ class RedisClusterBackend(Backend):
         await self._clients.aclose_all()
 
     def describe(self) -> dict[str, Any]:
-        return {**self.settings.describe(), "cluster_retry_seconds": self.cluster_retry_seconds,
-                "retried_commands": self.retried_commands, "redirections": self.redirections}
+        return {**self.settings.describe(), "cluster_retry_seconds": self.cluster_retry_seconds}
+
+    def counters(self) -> dict[str, int]:
+        return {"retried_commands": self.retried_commands, "redirections": self.redirections}
 
 
 async def _send_and_read(conn: Any, commands: Sequence[bytes]) -> list[Any]:
@@ -407,7 +397,8 @@ class RedisClusterCache(BaseCache):
     """
 
     def __init__(self, startup_nodes: object = None, **settings: Any) -> None:
-        common, backend = split_backend_settings(settings)
-        super().__init__(RedisClusterBackend(startup_nodes, **backend), **common)
+        backend, cache = split_settings("RedisClusterCache", settings, RedisClusterBackend,
+                                        REDIS_SETTINGS)
+        super().__init__(RedisClusterBackend(startup_nodes, **backend), **cache)
 
 

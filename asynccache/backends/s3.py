@@ -24,6 +24,7 @@ from botocore.exceptions import (
 
 from ..base import BaseCache
 from ..bridge import LoopLocal
+from ..config import split_settings
 from ..exceptions import CacheConnectionError, ConfigurationError
 from ._blob import (
     DEFAULT_LIST_PAGE_SIZE,
@@ -34,6 +35,10 @@ from ._blob import (
     connection_error,
     require_name,
 )
+
+__all__ = [
+    "S3Backend", "S3Cache",
+]
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
@@ -288,18 +293,6 @@ class S3Cache(BaseCache):
     >>> await cache.async_set_cache("k", {"answer": 42})                           # doctest: +SKIP
     """
 
-    def __init__(self, s3_bucket_name: str, *, s3_region_name: str | None = None,
-                 s3_api_version: str | None = None, s3_path: str | None = None,
-                 s3_use_ssl: bool = True, s3_verify: bool | str | None = None,
-                 s3_endpoint_url: str | None = None, s3_aws_access_key_id: str | None = None,
-                 s3_aws_secret_access_key: str | None = None,
-                 s3_aws_session_token: str | None = None, s3_config: Any = None,
-                 max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-                 list_page_size: int = DEFAULT_LIST_PAGE_SIZE, **settings: Any) -> None:
-        backend = S3Backend(
-            s3_bucket_name, s3_region_name, s3_api_version, s3_path, s3_use_ssl, s3_verify,
-            s3_endpoint_url, s3_aws_access_key_id, s3_aws_secret_access_key,
-            s3_aws_session_token, s3_config, max_concurrency=max_concurrency,
-            list_page_size=list_page_size,
-        )
-        super().__init__(backend, **settings)
+    def __init__(self, s3_bucket_name: str, **settings: Any) -> None:
+        backend, cache = split_settings("S3Cache", settings, S3Backend)
+        super().__init__(S3Backend(s3_bucket_name, **backend), **cache)

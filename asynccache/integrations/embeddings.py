@@ -16,13 +16,18 @@ tokens a call saved are in ``cache_info(result).items_hit`` terms, not in ``usag
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..base import BaseCache, CacheHit
+from ..config import NOT_GIVEN
 from ..controls import CacheControls, CacheMode
+from ..recording import check_replay_miss, remember_requests
+from ..savings import count_saved
 from .responses import (
     STORE_VERSION,
+    UPSTREAM_SECONDS,
     CacheInfo,
     attach_info,
     is_pydantic,
@@ -31,6 +36,10 @@ from .responses import (
     to_data,
     type_path,
 )
+
+__all__ = [
+    "KIND", "cached_embedding", "split_inputs",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -56,10 +65,11 @@ def split_inputs(value: Any) -> tuple[list[Any], bool] | None:
 
 
 def _item_payload(item: Mapping[str, Any], model: Any, tokens: int | None,
-                  response_type: str | None) -> dict[str, Any]:
+                  response_type: str | None, seconds: float) -> dict[str, Any]:
     data = {k: v for k, v in item.items() if k != "index"}
     return {"asynccache": STORE_VERSION, "kind": KIND, "type": response_type,
-            "model": model, "prompt_tokens": tokens, "data": data}
+            "model": model, "prompt_tokens": tokens, "data": data,
+            UPSTREAM_SECONDS: round(seconds, 4)}
 
 
 def _valid_hit(hit: CacheHit | None) -> dict[str, Any] | None:
@@ -115,8 +125,13 @@ async def cached_embedding(
     fresh: dict[str, dict[str, Any]] = {}
     seen_type: type | None = None
     if missing_inputs:
+        # A cassette in replay mode raises here, before anything goes upstream.
+        await check_replay_miss(cache, {**kwargs, "input": missing_inputs[0]}, missing_keys[0],
+                                controls.namespace)
         sent = kwargs if single else {**kwargs, "input": missing_inputs}
+        started = time.perf_counter()
         response = await upstream(sent)
+        elapsed = time.perf_counter() - started
         if is_pydantic(response):
             seen_type = type(response)
         data = to_data(response)
@@ -132,7 +147,8 @@ async def cached_embedding(
         path = type_path(seen_type) if seen_type is not None else None
         for position, (key, item) in enumerate(zip(missing_keys, items, strict=True)):
             fresh[key] = _item_payload(item, data.get("model"),
-                                       _share(tokens, len(items), position), path)
+                                       _share(tokens, len(items), position), path,
+                                       elapsed / len(items))
         if fresh and controls.writes(mode):
             try:
                 await cache.async_set_cache_pipeline(
@@ -141,6 +157,10 @@ async def cached_embedding(
                 )
             except Exception as exc:
                 fail_open("storing embeddings", exc)
+            await remember_requests(
+                cache, [(key, {**kwargs, "input": item})
+                        for key, item in zip(missing_keys, missing_inputs, strict=True)],
+                controls.namespace)
 
     merged_items = []
     for index, (key, entry) in enumerate(zip(keys, found, strict=True)):
@@ -159,6 +179,13 @@ async def cached_embedding(
         cls = next((resolve_type(entry.get("type")) for entry in found
                     if entry is not None and resolve_type(entry.get("type"))), None)
     result = rebuild(base, cls)
+    namespace = cache.namespace if controls.namespace is NOT_GIVEN else controls.namespace
+    for entry in found:
+        if entry is not None:
+            tokens = entry.get("prompt_tokens")
+            count_saved(cache, None, namespace=namespace, model=entry.get("model"),
+                        seconds=entry.get(UPSTREAM_SECONDS),
+                        usage=(tokens if isinstance(tokens, int) else 0, 0, 0))
     items_hit = sum(entry is not None for entry in found)
     hit_ages = [hit.age for hit in hits if hit is not None and hit.age is not None]
     info = CacheInfo(

@@ -13,6 +13,8 @@ classes, so cache contents can never instantiate anything else.
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -24,11 +26,16 @@ from langchain_core.caches import BaseCache as LangChainBaseCache
 from langchain_core.load import dumps, loads
 from langchain_core.outputs import Generation
 
+from ..base import BaseCache
 from ..bridge import sync_twin
 from ..config import NOT_GIVEN, NotGiven
 from ..exceptions import ConfigurationError
-from ..facade import Cache
 from ..keys import request_key
+from ..recording import check_replay_miss, remember_requests
+
+__all__ = [
+    "AsyncCacheLangChain",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -44,11 +51,12 @@ class AsyncCacheLangChain(LangChainBaseCache):
     * ``ttl``: seconds entries live (default: the cache's TTL; ``None``: never expire).
     """
 
-    def __init__(self, cache: Cache, *, namespace: str | None = None,
+    def __init__(self, cache: BaseCache, *, namespace: str | None = None,
                  ttl: float | NotGiven | None = NOT_GIVEN) -> None:
-        if not isinstance(cache, Cache):
+        if not isinstance(cache, BaseCache):
             raise ConfigurationError(
-                f"AsyncCacheLangChain needs an asynccache.Cache, got {type(cache).__name__}")
+                "AsyncCacheLangChain needs an asynccache cache (Cache, MemoryCache, "
+                f"RedisCache...), got {type(cache).__name__}")
         self.cache = cache
         if namespace is None:
             namespace = f"{cache.namespace}.langchain" if cache.namespace else "langchain"
@@ -62,9 +70,12 @@ class AsyncCacheLangChain(LangChainBaseCache):
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """The cached generations for ``prompt`` and ``llm_string``, or ``None``."""
-        stored = await self.cache.async_get_cache(self.key(prompt, llm_string),
-                                                  namespace=self.namespace)
+        key = self.key(prompt, llm_string)
+        stored = await self.cache.async_get_cache(key, namespace=self.namespace)
         if not isinstance(stored, dict) or stored.get("format") != _FORMAT:
+            # A cassette in replay mode raises here, naming the nearest recorded prompt.
+            await check_replay_miss(self.cache, _request(prompt, llm_string), key,
+                                    self.namespace)
             return None
         try:
             with warnings.catch_warnings():
@@ -83,8 +94,10 @@ class AsyncCacheLangChain(LangChainBaseCache):
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store the generations for ``prompt`` and ``llm_string``."""
         value = {"format": _FORMAT, "generations": [dumps(g) for g in _generations(return_val)]}
-        await self.cache.async_set_cache(self.key(prompt, llm_string), value, ttl=self.ttl,
-                                         namespace=self.namespace)
+        key = self.key(prompt, llm_string)
+        await self.cache.async_set_cache(key, value, ttl=self.ttl, namespace=self.namespace)
+        await remember_requests(self.cache, [(key, _request(prompt, llm_string))],
+                                self.namespace)
 
     async def aclear(self, **kwargs: Any) -> None:
         """Delete every LangChain entry of this adapter's namespace."""
@@ -93,6 +106,34 @@ class AsyncCacheLangChain(LangChainBaseCache):
     lookup = sync_twin(alookup)
     update = sync_twin(aupdate)
     clear = sync_twin(aclear)
+
+
+def _request(prompt: str, llm_string: str) -> dict[str, Any]:
+    """A LangChain lookup as a request whose fields can be compared one by one.
+
+    The prompt is usually serialised messages (JSON) and ``llm_string`` the model's
+    settings (JSON or a printed list of pairs), then ``---`` and the call's parameters;
+    each part is split into fields when it parses, and kept as text otherwise.
+    """
+    settings, sep, params = llm_string.partition("---")
+    request: dict[str, Any] = {"prompt": _parsed(prompt), "llm": _parsed(settings)}
+    if sep:
+        request["call_params"] = _parsed(params)
+    return request
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+    if isinstance(value, list) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        return {str(name): item for name, item in value}
+    return value if isinstance(value, list | dict) else text
 
 
 def _generations(return_val: Sequence[Generation]) -> list[Generation]:

@@ -26,7 +26,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "STORE_VERSION", "CacheInfo", "CachedDict", "attach_info", "cache_info", "from_payload",
+    "is_empty", "is_pydantic", "is_pydantic_class", "rebuild", "resolve_type", "to_data",
+    "to_payload", "type_path",
+]
+
 STORE_VERSION = 1
+#: Payload field: seconds the upstream call took when the answer was stored (what a
+#: hit saves in time).
+UPSTREAM_SECONDS = "upstream_seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +161,7 @@ def to_data(value: Any) -> Any:
     return value
 
 
-def pack(value: Any, kind: str = "response") -> dict[str, Any]:
+def to_payload(value: Any, kind: str = "response") -> dict[str, Any]:
     """The stored form of a response."""
     cls = type(value)
     return {
@@ -163,7 +172,7 @@ def pack(value: Any, kind: str = "response") -> dict[str, Any]:
     }
 
 
-def unpack(stored: Any, kind: str = "response") -> dict[str, Any] | None:
+def from_payload(stored: Any, kind: str = "response") -> dict[str, Any] | None:
     """The stored payload if it is one of ours of ``kind``, else ``None`` (a miss)."""
     if (isinstance(stored, Mapping) and stored.get("asynccache") == STORE_VERSION
             and stored.get("kind") == kind and "data" in stored):

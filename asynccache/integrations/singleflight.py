@@ -11,12 +11,17 @@ Flights are kept per event loop, since futures belong to the loop that made them
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ..config import NotGiven
 from ..exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..base import BaseCache
+
+__all__ = ["CacheLease", "LeaseOptions", "SingleFlight"]
 
 T = TypeVar("T")
 
@@ -79,19 +84,16 @@ class SingleFlight(Generic[T]):
         return sum(len(flights) for flights in self._flights.values())
 
 
-# -- distributed lease (Redis) ------------------------------------------------------------
-
-_RELEASE_SCRIPT = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
-    "else return 0 end"
-)
+# -- distributed lease -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LeaseOptions:
-    """Cross-process single-flight on Redis, for ``cached(..., lease=LeaseOptions())``.
+    """Cross-process single-flight, for ``cached(..., lease=LeaseOptions())``.
 
-    The process that wins ``SET lease-key token NX PX ttl`` calls upstream; the others
+    Needs a cache whose backend has the lease capability
+    (:class:`~asynccache.contract.LeaseSupport`: Redis). The process that wins
+    ``SET lease-key token NX PX ttl`` calls upstream; the others
     poll the cache with a doubling delay (``poll_initial`` up to ``poll_max`` seconds)
     until the answer appears, the lease disappears (then one of them takes over) or they
     have waited ``max_wait`` seconds (then they call upstream themselves). ``ttl`` bounds
@@ -110,30 +112,26 @@ class LeaseOptions:
                 raise ConfigurationError(f"LeaseOptions.{name} must be > 0 seconds, got {value!r}")
 
 
-def supports_lease(backend: object) -> bool:
-    """Whether a backend can hold a distributed lease (it runs raw Redis commands)."""
-    return callable(getattr(backend, "command", None))
+class CacheLease:
+    """One lease on a cache whose backend has the lease capability (Redis).
 
+    Every call goes through the cache (and so through its guard: timeouts, circuit
+    breaker, error counters); a store failure raises a
+    :class:`~asynccache.exceptions.BackendError`.
+    """
 
-class RedisLease:
-    """One lease key on a Redis backend: acquire with ``SET NX PX``, release if still ours."""
-
-    def __init__(self, backend: Any, key: str, options: LeaseOptions) -> None:
-        self._backend = backend
+    def __init__(self, cache: BaseCache, key: str, namespace: str | NotGiven | None,
+                 options: LeaseOptions) -> None:
+        self._cache = cache
         self.key = key
+        self.namespace = namespace
         self.options = options
 
     async def acquire(self) -> str | None:
         """A token if the lease is now ours, ``None`` if another process holds it."""
-        token = uuid.uuid4().hex
-        reply = await self._backend.command(
-            "SET", self.key, token, "NX", "PX", max(1, int(self.options.ttl * 1000)))
-        return token if reply is not None else None
-
-    async def held(self) -> bool:
-        """Whether someone holds the lease."""
-        return bool(await self._backend.command("EXISTS", self.key))
+        return await self._cache.async_acquire_lease(self.key, self.options.ttl,
+                                                     namespace=self.namespace)
 
     async def release(self, token: str) -> None:
         """Give the lease up, only if it is still ours (it may have expired meanwhile)."""
-        await self._backend.command("EVAL", _RELEASE_SCRIPT, 1, self.key, token)
+        await self._cache.async_release_lease(self.key, token, namespace=self.namespace)

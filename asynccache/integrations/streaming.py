@@ -18,7 +18,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from ..exceptions import ResponseTypeError
 from .responses import CacheInfo, is_pydantic, to_data
+
+__all__ = [
+    "KNOWN_RESPONSE_TYPES", "KNOWN_STREAM_TYPES", "REPLAY_CHUNK_CHARS", "CachedStream",
+    "NotAssemblable", "ReplayStream", "StreamAssembler", "replay_chunks",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -235,8 +241,10 @@ class CachedStream:
 
     def __init__(self, upstream: Any,
                  on_complete: Callable[[dict[str, Any], type | None], Awaitable[None]],
-                 info: CacheInfo) -> None:
+                 info: CacheInfo, *, keep_chunks: bool = False) -> None:
         self._upstream = upstream
+        #: The chunks as received (as data), kept when the cache stores them losslessly.
+        self.kept_chunks: list[Any] | None = [] if keep_chunks else None
         self._iterator: Any = None
         self._assembler = StreamAssembler()
         self._on_complete = on_complete
@@ -265,6 +273,8 @@ class CachedStream:
         if self._chunk_type is None and is_pydantic(chunk):
             self._chunk_type = type(chunk)
         self._assembler.add(chunk)
+        if self.kept_chunks is not None:
+            self.kept_chunks.append(to_data(chunk))
         return chunk
 
     async def aclose(self) -> None:
@@ -347,4 +357,5 @@ def _async_iter(upstream: Any) -> Any:
         return upstream.__aiter__()
     if hasattr(upstream, "__iter__"):
         return _wrap_sync_iter(upstream)
-    raise TypeError(f"stream=True call returned a {type(upstream).__name__}, not an iterable")
+    raise ResponseTypeError(
+        f"stream=True call returned a {type(upstream).__name__}, not an iterable")

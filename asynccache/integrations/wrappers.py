@@ -29,31 +29,47 @@ import dataclasses
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from ..base import CacheHit
+from ..base import BaseCache, CacheHit
 from ..bridge import run_sync
-from ..config import NOT_GIVEN
+from ..config import NotGiven
 from ..controls import CacheControls
 from ..exceptions import ConfigurationError
-from ..facade import Cache, get_default_cache
-from ..keys import namespace_prefix
+from ..facade import get_default_cache
+from ..recording import ReplayMissError, check_replay_miss, remember_requests, request_store
 from ..redact import redact
+from ..sampling import (
+    DEFAULT_SAMPLING,
+    POOL_SUFFIX,
+    SamplingPolicy,
+    add_answers,
+    is_full,
+    merge_choices,
+    new_pool,
+    pool_request,
+    samples_wanted,
+    split_choices,
+)
+from ..savings import count_saved
 from .embeddings import cached_embedding, split_inputs
 from .responses import (
+    UPSTREAM_SECONDS,
     CacheInfo,
     attach_info,
     cache_info,
+    from_payload,
     is_empty,
     is_pydantic,
-    pack,
     rebuild,
     resolve_type,
+    to_data,
+    to_payload,
     type_path,
-    unpack,
 )
-from .singleflight import LeaseOptions, RedisLease, SingleFlight, supports_lease
+from .singleflight import CacheLease, LeaseOptions, SingleFlight
 from .streaming import (
     KNOWN_RESPONSE_TYPES,
     KNOWN_STREAM_TYPES,
@@ -61,6 +77,10 @@ from .streaming import (
     ReplayStream,
     replay_chunks,
 )
+
+__all__ = [
+    "EMBEDDING_CALL_TYPES", "CachedFunction", "OnHit", "SyncStream", "cached", "cached_sync",
+]
 
 logger = logging.getLogger("asynccache.integrations")
 
@@ -86,14 +106,15 @@ _FLIGHTS: SingleFlight[_Outcome] = SingleFlight()
 class CachedFunction:
     """The state behind a ``cached`` wrapper (its remembered response types, flights)."""
 
-    def __init__(self, fn: Callable[..., Any], cache: Cache | None, call_type: str,
+    def __init__(self, fn: Callable[..., Any], cache: BaseCache | None, call_type: str,
                  key: Callable[..., str] | None, on_hit: OnHit | None,
                  single_flight: bool, lease: LeaseOptions | bool | None = None) -> None:
         if not callable(fn):
             raise ConfigurationError(f"cached() needs a callable, got {type(fn).__name__}")
-        if cache is not None and not isinstance(cache, Cache):
+        if cache is not None and not isinstance(cache, BaseCache):
             raise ConfigurationError(
-                f"cache must be an asynccache.Cache, got {type(cache).__name__}")
+                f"cache must be an asynccache cache (Cache, MemoryCache, RedisCache...), "
+                f"got {type(cache).__name__}")
         if key is not None and not callable(key):
             raise ConfigurationError("key must be a callable taking the call's kwargs")
         self.fn = fn
@@ -111,17 +132,17 @@ class CachedFunction:
             lease = None
         if lease is not None and not isinstance(lease, LeaseOptions):
             raise ConfigurationError(f"lease must be True or LeaseOptions(...), got {lease!r}")
-        if lease is not None and cache is not None and not supports_lease(cache.backend):
+        if lease is not None and cache is not None and not cache.supports_lease:
             raise ConfigurationError(
                 f"lease=... needs a Redis backend; this cache uses {cache.backend.name!r}")
         self.lease = lease
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _resolve_cache(self) -> Cache | None:
+    def _resolve_cache(self) -> BaseCache | None:
         return self.cache if self.cache is not None else get_default_cache()
 
-    def _enabled_for(self, cache: Cache) -> bool:
+    def _enabled_for(self, cache: BaseCache) -> bool:
         name = self.call_type
         return cache.caches_call_type(name) or cache.caches_call_type("a" + name) or (
             name.startswith("a") and cache.caches_call_type(name[1:]))
@@ -132,7 +153,7 @@ class CachedFunction:
             result = await result
         return result
 
-    def _key(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    def _key(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         if self.key is not None:
             key = self.key(*args, **kwargs)
             if not isinstance(key, str) or not key:
@@ -173,7 +194,7 @@ class CachedFunction:
 
     @staticmethod
     def _payload_of(hit: CacheHit) -> dict[str, Any] | None:
-        payload = unpack(hit.value)
+        payload = from_payload(hit.value)
         if payload is None and isinstance(hit.value, dict) and "choices" in hit.value:
             # An entry written directly with set_cache(get_cache_key(...), response).
             payload = {"type": None, "data": hit.value}
@@ -188,9 +209,15 @@ class CachedFunction:
         if cache is None or caching is False or not self._enabled_for(cache):
             return await self._upstream(args, kwargs)
         controls = cache.controls(raw_controls)  # a bad control is the user's error: raise
+        if controls.no_cache and (store := request_store(cache)) is not None and store.replay_only:
+            # A replaying cassette has no fresh answer to fetch: "no-cache" reads it too.
+            controls = dataclasses.replace(controls, no_cache=False)
         if not controls.enabled(cache.mode):
             return await self._upstream(args, kwargs)
         streaming = kwargs.get("stream") is True
+        policy = getattr(cache, "sampling", DEFAULT_SAMPLING)
+        if policy.handles(kwargs) and self.call_type not in EMBEDDING_CALL_TYPES:
+            return await self._sampled(cache, args, kwargs, controls, policy, streaming)
 
         if self.call_type in EMBEDDING_CALL_TYPES and not streaming and not args:
             split = split_inputs(kwargs.get("input"))
@@ -221,21 +248,33 @@ class CachedFunction:
         else:
             outcome = await self._lookup_or_call(cache, args, kwargs, controls, key)
             result = outcome.result
+        if outcome.info.cache_hit and outcome.payload is not None:
+            self._count_saved(cache, controls, kwargs, outcome.payload)
         if outcome.info.cache_hit or outcome.info.coalesced:
             await self._notify(outcome.info)
         return attach_info(result, outcome.info)
 
-    async def _lookup(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
+    @staticmethod
+    def _count_saved(cache: BaseCache, controls: CacheControls, kwargs: dict[str, Any],
+                     payload: dict[str, Any]) -> None:
+        given = controls.namespace
+        namespace = cache.namespace if isinstance(given, NotGiven) else given
+        count_saved(cache, payload.get("data"), namespace=namespace, model=kwargs.get("model"),
+                    seconds=payload.get(UPSTREAM_SECONDS))
+
+    async def _lookup(self, cache: BaseCache, kwargs: dict[str, Any], controls: CacheControls,
                       key: str) -> CacheHit | None:
         if not controls.reads(cache.mode):
             return None
         try:
             return await cache.async_lookup(kwargs, controls=controls, key=key)
+        except ReplayMissError:
+            raise  # a cassette in replay mode: the call must not go upstream
         except Exception as exc:
             self._fail_open("cache lookup", exc)
             return None
 
-    async def _store(self, cache: Cache, kwargs: dict[str, Any], payload: dict[str, Any],
+    async def _store(self, cache: BaseCache, kwargs: dict[str, Any], payload: dict[str, Any],
                      controls: CacheControls, key: str) -> None:
         try:
             await cache.async_store(kwargs, payload, controls=controls, key=key)
@@ -243,38 +282,39 @@ class CachedFunction:
             logger.warning("asynccache: storing a response failed (the call still succeeds): "
                            "%s: %s", type(exc).__name__, redact(str(exc))[:300])
 
-    async def _lookup_or_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _lookup_or_call(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                               controls: CacheControls, key: str) -> _Outcome:
         hit = await self._lookup(cache, kwargs, controls, key)
         payload = None if hit is None else self._payload_of(hit)
         if hit is not None and payload is not None:
             result = rebuild(payload["data"], self._class_for(payload.get("type")))
             return _Outcome(payload, result, self._hit_info(hit, key))
-        if self.lease is not None and supports_lease(cache.backend):
+        if self.lease is not None and cache.supports_lease:
             return await self._leased_call(cache, args, kwargs, controls, key, self.lease)
         return await self._call_and_store(cache, args, kwargs, controls, key)
 
-    async def _call_and_store(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _call_and_store(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                               controls: CacheControls, key: str) -> _Outcome:
+        started = time.perf_counter()
         result = await self._upstream(args, kwargs)  # errors propagate, nothing is stored
+        elapsed = time.perf_counter() - started
         self._learn(result)
         info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
         if is_empty(result):
             return _Outcome(None, result, info)
         try:
-            payload = pack(result)
+            payload = to_payload(result)
         except Exception as exc:
             self._fail_open("serialising the response", exc)
             return _Outcome(None, result, info)
+        payload[UPSTREAM_SECONDS] = round(elapsed, 3)
         await self._store(cache, kwargs, payload, controls, key)
         return _Outcome(payload, result, info)
 
-    async def _leased_call(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _leased_call(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                            controls: CacheControls, key: str, options: LeaseOptions) -> _Outcome:
         """Cross-process single-flight: one holder of the Redis lease calls upstream."""
-        namespace = cache.namespace if controls.namespace is NOT_GIVEN else controls.namespace
-        lease = RedisLease(cache.backend, namespace_prefix(namespace) + "asynccache-lease:" + key,
-                           options)
+        lease = CacheLease(cache, key, controls.namespace, options)
         delay, waited = options.poll_initial, 0.0
         token: str | None = None
         while True:
@@ -304,9 +344,73 @@ class CachedFunction:
                 except Exception as exc:  # it expires on its own after options.ttl
                     self._fail_open("releasing the distributed lease", exc)
 
+    # -- requests meant to vary (see asynccache.sampling) --------------------------------
+
+    async def _sampled(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       controls: CacheControls, policy: SamplingPolicy,
+                       streaming: bool) -> Any:
+        request = pool_request(kwargs)
+        pool_key = self._key(cache, args, request) + POOL_SUFFIX
+        store = request_store(cache)
+        if policy.mode == "skip":
+            await check_replay_miss(cache, request, pool_key, controls.namespace)
+            return await self._upstream(args, kwargs)
+        wanted = samples_wanted(kwargs)
+        hit = None
+        if controls.reads(cache.mode):
+            try:
+                hit = await cache.async_get_entry(pool_key, namespace=controls.namespace,
+                                                  max_age=controls.s_maxage)
+            except Exception as exc:
+                self._fail_open("sample pool lookup", exc)
+        pool = new_pool(None if hit is None else hit.value)
+        enough = len(pool["answers"]) >= wanted
+        if hit is not None and enough and (
+                is_full(pool, policy.pool_size) or (store is not None and store.replay_only)):
+            data = merge_choices(cache.pool_server.pick(pool_key, pool["answers"], wanted))
+            info = self._hit_info(hit, pool_key)
+            self._count_saved(cache, controls, kwargs,
+                              {"data": data, UPSTREAM_SECONDS: pool["upstream_seconds"]})
+            await self._notify(info)
+            if streaming:
+                chunk_cls = self.chunk_type or resolve_type(
+                    KNOWN_RESPONSE_TYPES.get(pool["type"] or "", ""))
+                return ReplayStream([rebuild(c, chunk_cls) for c in replay_chunks(data)], info)
+            return attach_info(rebuild(data, self._class_for(pool["type"])), info)
+        await check_replay_miss(cache, request, pool_key, controls.namespace)
+
+        info = CacheInfo(cache_hit=False, cache_key=pool_key, backend=cache.backend.name)
+        started = time.perf_counter()
+        result = await self._upstream(args, kwargs)
+
+        async def add(data: Any, stored_type: str | None) -> None:
+            if not controls.writes(cache.mode) or is_empty(data):
+                return
+            try:
+                current = await cache.async_get_cache(pool_key, namespace=controls.namespace)
+                updated = add_answers(new_pool(current), split_choices(data), policy.pool_size,
+                                      stored_type, round(time.perf_counter() - started, 3))
+                await cache.async_set_cache(pool_key, updated, ttl=controls.ttl,
+                                            namespace=controls.namespace)
+                await remember_requests(cache, [(pool_key, request)], controls.namespace)
+            except Exception as exc:
+                self._fail_open("adding to the sample pool", exc)
+
+        if streaming:
+            async def on_complete(assembled: dict[str, Any], chunk_type: type | None) -> None:
+                if chunk_type is not None:
+                    self.chunk_type = chunk_type
+                await add(assembled, KNOWN_STREAM_TYPES.get(type_path(chunk_type))
+                          if chunk_type else None)
+
+            return CachedStream(result, on_complete, info)
+        self._learn(result)
+        await add(to_data(result), type_path(type(result)) if is_pydantic(result) else None)
+        return attach_info(result, info)
+
     # -- streaming ----------------------------------------------------------------------
 
-    async def _stream(self, cache: Cache, args: tuple[Any, ...], kwargs: dict[str, Any],
+    async def _stream(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                       controls: CacheControls, key: str) -> Any:
         hit = await self._lookup(cache, kwargs, controls, key)
         payload = None if hit is None else self._payload_of(hit)
@@ -314,10 +418,14 @@ class CachedFunction:
             info = self._hit_info(hit, key)
             chunk_cls = self.chunk_type or resolve_type(
                 KNOWN_RESPONSE_TYPES.get(payload.get("type") or "", ""))
-            chunks = [rebuild(chunk, chunk_cls) for chunk in replay_chunks(payload["data"])]
+            recorded = payload.get("chunks")
+            chunks = [rebuild(chunk, chunk_cls) for chunk in (
+                recorded if isinstance(recorded, list) else replay_chunks(payload["data"]))]
+            self._count_saved(cache, controls, kwargs, payload)
             await self._notify(info)
             return ReplayStream(chunks, info)
 
+        started = time.perf_counter()
         upstream = await self._upstream(args, kwargs)
         info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
 
@@ -329,14 +437,19 @@ class CachedFunction:
             stored_type = KNOWN_STREAM_TYPES.get(type_path(chunk_type)) if chunk_type else None
             if stored_type is None and self.response_type is not None:
                 stored_type = type_path(self.response_type)
-            payload = {**pack(assembled), "type": stored_type}
+            payload = {**to_payload(assembled), "type": stored_type,
+                       UPSTREAM_SECONDS: round(time.perf_counter() - started, 3)}
+            if stream.kept_chunks is not None:
+                payload["chunks"] = stream.kept_chunks
             await self._store(cache, kwargs, payload, controls, key)
 
-        return CachedStream(upstream, on_complete, info)
+        stream = CachedStream(upstream, on_complete, info,
+                              keep_chunks=getattr(cache.backend, "keeps_stream_chunks", False))
+        return stream
 
     # -- embeddings ---------------------------------------------------------------------
 
-    async def _embedding(self, cache: Cache, kwargs: dict[str, Any], controls: CacheControls,
+    async def _embedding(self, cache: BaseCache, kwargs: dict[str, Any], controls: CacheControls,
                          inputs: list[Any], single: bool) -> Any:
         def key_for(item_kwargs: dict[str, Any]) -> str:
             return self._key(cache, (), item_kwargs)
@@ -359,7 +472,7 @@ class CachedFunction:
 
 def cached(
     fn: Callable[..., Any],
-    cache: Cache | None = None,
+    cache: BaseCache | None = None,
     *,
     call_type: str = "completion",
     key: Callable[..., str] | None = None,
@@ -439,7 +552,7 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
 
 def cached_sync(
     fn: Callable[..., Any],
-    cache: Cache | None = None,
+    cache: BaseCache | None = None,
     *,
     call_type: str = "completion",
     key: Callable[..., str] | None = None,

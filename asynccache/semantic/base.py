@@ -19,10 +19,18 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..base import Backend, WriteItem
+from ..contract import Backend, WriteItem
 from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 from ..keys import canonical_request
+from .guard import SemanticVerifier, parse_guard, parse_judge
+
+__all__ = [
+    "DEFAULT_SIMILARITY_THRESHOLD", "FILTER_VERSION", "EmbedWhat", "SemanticBackend",
+    "SemanticSettings", "clamp_similarity", "content_text", "filter_hash", "parse_embed_what",
+    "parse_threshold", "scope_tag", "similarity_from_cosine_distance",
+    "similarity_from_cosine_score", "split_request",
+]
 
 DEFAULT_SIMILARITY_THRESHOLD = 0.8
 
@@ -162,16 +170,6 @@ def scope_tag(prefix: str) -> str:
     return hashlib.sha256(b"ns\x00" + prefix.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-def key_head(stored_key: str) -> str:
-    """The first ``segment:`` of a stored key (``""`` if it has no ``:``).
-
-    A key starts with a one-segment prefix ``"seg:"`` exactly when its head is ``"seg:"``,
-    so ``clear(prefix)`` of a namespace can use an exact-match filter on the head.
-    """
-    head, sep, _ = stored_key.partition(":")
-    return head + sep if sep else ""
-
-
 def similarity_from_cosine_distance(distance: float) -> float:
     """Redis ``COSINE`` distance (``1 - cos``, 0..2) -> cosine similarity clamped to 0..1."""
     return clamp_similarity(1.0 - float(distance))
@@ -239,9 +237,46 @@ class SemanticSettings:
 
 class SemanticBackend(Backend):
     """What both semantic stores share: single stores go through the batch path, and a
-    batch is prepared (what to embed, which filter) and embedded in one call."""
+    batch is prepared (what to embed, which filter) and embedded in one call.
+
+    Every candidate the vector search finds is verified before it is served (see
+    :mod:`asynccache.semantic.guard`), by the same code for every store:
+
+    * ``semantic_guard``: ``True`` (default: every check), ``False``, a list of check
+      names, or a :class:`~asynccache.semantic.guard.SemanticGuard`;
+    * ``semantic_judge``: an optional second opinion, ``judge(query, candidate,
+      similarity) -> bool`` (async or not), asked after the guard accepts;
+      ``semantic_judge_timeout`` (seconds, default 10) bounds it.
+    """
 
     semantic: SemanticSettings
+    #: The verification stage after a vector search (guard, optional judge, counters).
+    verifier: SemanticVerifier
+
+    def _init_verifier(self, semantic_guard: Any, semantic_judge: Any,
+                       semantic_judge_timeout: float | None) -> None:
+        self.verifier = SemanticVerifier(parse_guard(semantic_guard), parse_judge(semantic_judge),
+                                         semantic_judge_timeout)
+
+    def query_text(self, request: Mapping[str, Any]) -> str | None:
+        """The text of ``request`` this store embeds (what the semantic guard compares with
+        the candidate's stored prompt), or ``None`` if it has none."""
+        return split_request(request, self.semantic.embed_what)[0]
+
+    async def verify_similar(self, request: Mapping[str, Any], matched_prompt: str,
+                             similarity: float) -> bool:
+        """Whether a candidate the vector search found may be served (guard, then judge)."""
+        query = self.query_text(request)
+        if query is None:
+            return False
+        return await self.verifier.verify(query, matched_prompt, similarity) is None
+
+    def similarity_stats(self) -> dict[str, Any]:
+        """Candidates found, served, and rejections by reason."""
+        return self.verifier.snapshot()
+
+    def reset_similarity_stats(self) -> None:
+        self.verifier.reset()
 
     async def _embed_query(
         self, request: Mapping[str, Any], prefix: str, threshold: float | None

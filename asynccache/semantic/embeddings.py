@@ -36,6 +36,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..exceptions import ConfigurationError, MissingExtraError
 
+__all__ = [
+    "LOCAL_DIMENSION", "LOCAL_MODEL_ID", "EmbeddingFunction", "HashEmbedder",
+    "LiteLLMEmbedder", "LocalEmbedder", "OpenAIEmbedder", "SemanticEmbedder",
+    "ThreadedEmbedder", "Vector", "local_model_files", "normalise", "resolve_embedding",
+]
+
 Vector = tuple[float, ...]
 
 

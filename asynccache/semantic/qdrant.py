@@ -29,19 +29,26 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client import models as qm
 
-from ..base import WriteItem
+from .. import envelope
+from ..base import BaseCache
 from ..bridge import LoopLocal
+from ..config import split_settings
+from ..contract import WriteItem
 from ..exceptions import ConfigurationError
-from ..facade import Cache
+from ..keys import stored_key_prefix
 from .base import (
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
     SemanticBackend,
     SemanticSettings,
-    key_head,
     scope_tag,
     similarity_from_cosine_score,
 )
+
+__all__ = [
+    "DEFAULT_COLLECTION", "NEVER", "VECTOR_NAME", "QdrantSemanticBackend",
+    "QdrantSemanticCache", "point_id", "quantization_config",
+]
 
 DEFAULT_COLLECTION = "asynccache-semantic"
 VECTOR_NAME = "prompt"
@@ -105,6 +112,8 @@ class QdrantSemanticBackend(SemanticBackend):
         embedding_dimension: int | None = None, openai_client: Any = None,
         embedding_kwargs: dict[str, Any] | None = None, embedding_cache_size: int = 1024,
         purge_interval: float = 60.0, client_options: dict[str, Any] | None = None,
+        semantic_guard: Any = True, semantic_judge: Any = None,
+        semantic_judge_timeout: float | None = 10.0,
     ) -> None:
         given = [n for n, v in (("qdrant_api_base", qdrant_api_base),
                                 ("qdrant_location", qdrant_location),
@@ -124,6 +133,7 @@ class QdrantSemanticBackend(SemanticBackend):
             raise ConfigurationError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
         if qdrant_semantic_cache_embedding_model is not None:
             embedding = qdrant_semantic_cache_embedding_model
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
@@ -236,10 +246,12 @@ class QdrantSemanticBackend(SemanticBackend):
 
     # -- payloads -----------------------------------------------------------------------
 
-    def _payload(self, key: str, data: bytes, ttl: float | None, now: float) -> dict[str, Any]:
+    def _payload(self, key: str, data: bytes, now: float) -> dict[str, Any]:
+        # The envelope's expiry, copied so searches and purges can filter on it.
+        expires_at = envelope.peek_expires_at(data)
         payload: dict[str, Any] = {
-            "key": key, "head": key_head(key), "created_at": now,
-            "expires_at": NEVER if ttl is None else now + ttl,
+            "key": key, "head": stored_key_prefix(key), "created_at": now,
+            "expires_at": NEVER if expires_at is None else expires_at,
         }
         try:
             payload["data"] = data.decode("utf-8")
@@ -280,25 +292,24 @@ class QdrantSemanticBackend(SemanticBackend):
                 found[key] = payload
         return found
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         client = await self._client()
         found = await self._found(client, keys)
         now = self.clock()
         return [self._data(found[key]) if self._live(found.get(key), now) else None
                 for key in keys]
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         client = await self._client()
         await self._ensure_collection(client, None)
         now = self.clock()
-        points = [qm.PointStruct(id=point_id(key), vector={}, payload=self._payload(key, data,
-                                                                                     ttl, now))
-                  for key, data, ttl in items]
+        points = [qm.PointStruct(id=point_id(key), vector={}, payload=self._payload(key, data, now))
+                  for key, data, _ in items]
         await client.upsert(self.collection, points=points, wait=True)
         self._maybe_purge(now)
         return None
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         client = await self._client()
         found = await self._found(client, keys)
         if not found:
@@ -316,13 +327,13 @@ class QdrantSemanticBackend(SemanticBackend):
                 filter=condition), wait=True)
         return count
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         client = await self._client()
         if not await client.collection_exists(self.collection):
             return 0
         if prefix == "":
             return await self._delete_where(client, qm.Filter(must=[]))
-        if key_head(prefix) == prefix:
+        if stored_key_prefix(prefix) == prefix:
             # A namespace prefix ("ns:"): keys start with it exactly when their head is it.
             return await self._delete_where(client, qm.Filter(must=[_match("head", prefix)]))
         ids: list[Any] = []
@@ -339,7 +350,7 @@ class QdrantSemanticBackend(SemanticBackend):
                                 wait=True)
         return len(ids)
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         client = await self._client()
         await client.get_collections()
         existing = await self._existing_dimension(client)
@@ -442,8 +453,8 @@ class QdrantSemanticBackend(SemanticBackend):
         ns = scope_tag(prefix)
         now = self.clock()
         points: list[qm.PointStruct] = []
-        for (key, data, ttl), prep in zip(items, prepared, strict=True):
-            payload = self._payload(key, data, ttl, now)
+        for (key, data, _), prep in zip(items, prepared, strict=True):
+            payload = self._payload(key, data, now)
             vector: dict[str, Any] = {}
             if prep is not None:
                 payload.update(prompt=prep[0], fh=prep[1], ns=ns)
@@ -499,14 +510,15 @@ class _EmbeddedClient:
             self._executor.shutdown(wait=False)
 
 
-class QdrantSemanticCache(Cache):
-    """A :class:`~asynccache.Cache` on Qdrant (``Cache(type="qdrant-semantic")``).
+class QdrantSemanticCache(BaseCache):
+    """A cache on Qdrant (also ``Cache(type="qdrant-semantic")``).
 
-    It is the facade itself with the type fixed: ``async_lookup`` / ``async_store`` for LLM
-    requests (exact key first, then similarity), the key-value API, stats and sync twins.
+    Like every cache it has ``async_lookup`` / ``async_store`` (exact key first, then
+    similarity), the key-value API, stats and the sync twins.
 
     >>> cache = QdrantSemanticCache(qdrant_location=":memory:", embedding="local")  # doctest: +SKIP
     """
 
     def __init__(self, **settings: Any) -> None:
-        super().__init__("qdrant-semantic", **settings)
+        backend, cache = split_settings("QdrantSemanticCache", settings, QdrantSemanticBackend)
+        super().__init__(QdrantSemanticBackend(**backend), **cache)

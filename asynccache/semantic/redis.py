@@ -15,19 +15,18 @@ if missing; an existing index whose vector dimension differs from the embedder's
 from __future__ import annotations
 
 import struct
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
-from redis.retry import Retry
 
-from ..base import WriteItem
+from ..backends.redis_settings import REDIS_SETTINGS, RedisSettings
+from ..base import BaseCache
 from ..bridge import LoopLocal
+from ..config import split_settings
+from ..contract import WriteItem
 from ..exceptions import ConfigurationError
-from ..facade import Cache
 from .base import (
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
@@ -37,6 +36,10 @@ from .base import (
     similarity_from_cosine_distance,
 )
 from .embeddings import Vector
+
+__all__ = [
+    "DEFAULT_INDEX_NAME", "RedisSemanticBackend", "RedisSemanticCache",
+]
 
 DEFAULT_INDEX_NAME = "asynccache-semantic"
 _GLOB_SPECIAL = set("*?[]\\")
@@ -89,16 +92,17 @@ class RedisSemanticBackend(SemanticBackend):
     max_batch = 500
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 6379, username: str | None = None,
-        password: str | None = None, url: str | None = None, ssl: bool = False,
-        redis_semantic_cache_index_name: str = DEFAULT_INDEX_NAME,
+        self, *, redis_semantic_cache_index_name: str = DEFAULT_INDEX_NAME,
         similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
         embedding: Any = "local", redis_semantic_cache_embedding_model: str | None = None,
         embed_what: EmbedWhat | str = EmbedWhat.last_user_message,
         embedding_dimension: int | None = None, openai_client: Any = None,
         embedding_kwargs: dict[str, Any] | None = None, embedding_cache_size: int = 1024,
         hnsw_m: int = 16, hnsw_ef_construction: int = 200, hybrid_policy: str | None = None,
-        client_options: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None, settings: RedisSettings | None = None,
+        semantic_guard: Any = True, semantic_judge: Any = None,
+        semantic_judge_timeout: float | None = 10.0,
+        **connection: Any,
     ) -> None:
         if redis_semantic_cache_embedding_model is not None:
             embedding = redis_semantic_cache_embedding_model
@@ -111,6 +115,7 @@ class RedisSemanticBackend(SemanticBackend):
                 "redis_semantic_cache_index_name must be a non-empty name without spaces, ':' "
                 f"or glob characters, got {index!r}"
             )
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
@@ -129,29 +134,25 @@ class RedisSemanticBackend(SemanticBackend):
         self.hybrid_policy = None if hybrid_policy is None else hybrid_policy.upper()
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
-        options: dict[str, Any] = dict(client_options or {})
-        options.setdefault("protocol", 3)
-        options.setdefault("socket_connect_timeout", 2.0)
-        # Fail fast: a cache miss is cheaper than a request stuck in client retries with
-        # backoff; repeated failures are handled by the circuit breaker.
-        options.setdefault("retry", Retry(NoBackoff(), 0))
-        if url is not None:
-            parsed = urllib.parse.urlsplit(url)
-            self._where = f"{parsed.hostname}:{parsed.port or 6379}"
-            self._connect: dict[str, Any] = {"url": url, **options}
-        else:
-            self._where = f"{host}:{port}"
-            self._connect = {"host": host, "port": port, "username": username,
-                             "password": password, "ssl": ssl, **options}
+        # The same connection settings (and REDIS_URL / REDIS_HOST...) as type="redis".
+        if settings is None:
+            settings = RedisSettings.from_options(connection)
+        if settings.startup_nodes:
+            raise ConfigurationError("redis-semantic runs on one Redis server, not a cluster")
+        self.settings = settings
+        self._where = f"{settings.host}:{settings.port}"
+        # RESP3 for FT.SEARCH replies; the connection kwargs already fail fast (no client
+        # retries: repeated failures are handled by the circuit breaker).
+        self._connect: dict[str, Any] = {
+            **settings.connection_kwargs(), "ssl": settings.ssl,
+            "max_connections": settings.max_connections, "protocol": 3,
+            **(client_options or {}),
+        }
         self._clients: LoopLocal[aioredis.Redis] = LoopLocal(self._make_client, _close_client)
         self._index_dimension: int | None = None
 
     async def _make_client(self) -> aioredis.Redis:
-        connect = dict(self._connect)
-        url = connect.pop("url", None)
-        if url is not None:
-            return aioredis.Redis.from_url(url, **connect)
-        return aioredis.Redis(**connect)
+        return aioredis.Redis(**self._connect)
 
     # -- the index ----------------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class RedisSemanticBackend(SemanticBackend):
 
     # -- exact-key contract -------------------------------------------------------------
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         client = await self._clients.get()
         async with client.pipeline(transaction=False) as pipe:
             for key in keys:
@@ -240,7 +241,7 @@ class RedisSemanticBackend(SemanticBackend):
         if ttl is not None:
             pipe.pexpire(name, max(1, int(ttl * 1000 + 0.999)))
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         client = await self._clients.get()
         async with client.pipeline(transaction=True) as pipe:
             for key, data, ttl in items:
@@ -248,13 +249,13 @@ class RedisSemanticBackend(SemanticBackend):
             await pipe.execute()
         return None
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
+    async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         client = await self._clients.get()
         return int(await client.delete(*[self.key_prefix + key for key in keys]))
 
-    async def clear(self, prefix: str) -> int:
+    async def remove_prefix(self, prefix: str) -> int:
         client = await self._clients.get()
         pattern = _escape_glob(self.key_prefix + prefix) + "*"
         deleted = 0
@@ -268,7 +269,7 @@ class RedisSemanticBackend(SemanticBackend):
             deleted += int(await client.unlink(*batch))
         return deleted
 
-    async def ping(self) -> None:
+    async def check_health(self) -> None:
         client = await self._clients.get()
         await client.ping()
         existing = await self._index_info_dimension(client)
@@ -354,12 +355,13 @@ async def _close_client(client: aioredis.Redis) -> None:
     await client.aclose()
 
 
-class RedisSemanticCache(Cache):
-    """A :class:`~asynccache.Cache` on Redis vector search (``Cache(type="redis-semantic")``).
+class RedisSemanticCache(BaseCache):
+    """A cache on Redis vector search (also ``Cache(type="redis-semantic")``).
 
-    It is the facade itself with the type fixed, so it has everything a ``Cache`` has:
-    ``async_lookup`` / ``async_store`` for LLM requests (exact key first, then similarity),
-    the key-value API, stats and the sync twins.
+    Like every cache it has ``async_lookup`` / ``async_store`` for LLM requests (exact
+    key first, then similarity: its backend has the similarity capability), the
+    key-value API, stats and the sync twins. Connection settings are those of
+    ``type="redis"`` (``url=``, ``host=``... or ``REDIS_URL``).
 
     >>> cache = RedisSemanticCache(host="127.0.0.1", port=6379,          # doctest: +SKIP
     ...                            similarity_threshold=0.8, embedding="local")
@@ -368,4 +370,6 @@ class RedisSemanticCache(Cache):
     """
 
     def __init__(self, **settings: Any) -> None:
-        super().__init__("redis-semantic", **settings)
+        backend, cache = split_settings("RedisSemanticCache", settings, RedisSemanticBackend,
+                                        REDIS_SETTINGS)
+        super().__init__(RedisSemanticBackend(**backend), **cache)

@@ -1,4 +1,4 @@
-"""Semantic caches (Redis vector search, embedded Qdrant) in the contract suite.
+"""Semantic caches (Redis vector search, embedded Qdrant, local-semantic) in the contract suite.
 
 The contract checks exact-key behaviour, so these caches use the fast deterministic
 :class:`~asynccache.semantic.HashEmbedder`; the real local model is used in
@@ -15,6 +15,7 @@ from tests.helpers import CacheTracker, unique
 CONTRACT_BACKENDS = {
     "redis-semantic": "redis_semantic_cache_factory",
     "qdrant-semantic": "qdrant_semantic_cache_factory",
+    "local-semantic": "local_semantic_cache_factory",
 }
 
 
@@ -40,6 +41,18 @@ async def qdrant_semantic_cache_factory():
     tracker = CacheTracker(QdrantSemanticCache, {
         "qdrant_location": ":memory:", "embedding": HashEmbedder(16),
         "qdrant_collection_name": unique("col"),
+    })
+    yield tracker
+    await tracker.aclose()
+
+
+@pytest.fixture
+async def local_semantic_cache_factory(tmp_path):
+    """Caches with the embedded index over a disk store in this test's folder."""
+    from asynccache.semantic.embedded import LocalSemanticCache
+
+    tracker = CacheTracker(LocalSemanticCache, {
+        "disk_cache_dir": str(tmp_path / "local-semantic"), "embedding": HashEmbedder(16),
     })
     yield tracker
     await tracker.aclose()
