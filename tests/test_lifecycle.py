@@ -14,7 +14,8 @@ import pytest
 
 from asynccache import BridgeError, Cache
 from asynccache.backends.memory import MemoryBackend
-from asynccache.base import BaseCache, WriteItem
+from asynccache.base import BaseCache
+from asynccache.contract import WriteItem
 from asynccache.bridge import (
     LoopLocal,
     _Bridge,
@@ -35,9 +36,9 @@ class RecordingBackend(MemoryBackend):
         self.loops: list[asyncio.AbstractEventLoop] = []
         self.landed = threading.Event()
 
-    async def set_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
+    async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         self.loops.append(asyncio.get_running_loop())
-        result = await super().set_many(items)
+        result = await super().write_many(items)
         self.landed.set()
         return result
 
@@ -255,8 +256,9 @@ def test_loop_local_objects_of_the_parent_are_dropped_untouched_in_a_child():
 
 class FrozenBackend(MemoryBackend):
     remote = True
+    loop_free = False
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         await asyncio.get_running_loop().create_future()  # never answers
         return []
 
