@@ -15,7 +15,6 @@ import pytest
 from asynccache import BridgeError, Cache
 from asynccache.backends.memory import MemoryBackend
 from asynccache.base import BaseCache
-from asynccache.contract import WriteItem
 from asynccache.bridge import (
     LoopLocal,
     _Bridge,
@@ -24,6 +23,7 @@ from asynccache.bridge import (
     is_caller_loop,
     run_on_caller_thread,
 )
+from asynccache.contract import WriteItem
 from asynccache.lifecycle import at_loop_end
 from tests.helpers import unique
 
