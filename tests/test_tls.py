@@ -76,6 +76,15 @@ async def round_trip(cache) -> None:
     assert (await cache.async_test_connection())["status"] == "healthy"
 
 
+async def fails_closed(cache, reason: str | None = None) -> None:
+    """Nothing reaches an unverified server: a failed write, a miss, and a
+    test_connection() error that says why (matching ``reason``)."""
+    assert await cache.async_set_cache("k", "v") is False
+    assert await cache.async_get_cache("k") is None
+    with pytest.raises(CacheConnectionError, match=reason):
+        await cache.async_test_connection()
+
+
 # -- TLS ---------------------------------------------------------------------------------
 
 async def test_rediss_url_with_the_ca_round_trips(tls_redis, test_ca):
@@ -138,10 +147,7 @@ async def test_mutual_tls_with_a_client_certificate(mtls_redis, test_ca):
 async def test_mutual_tls_without_a_client_certificate_fails_closed(mtls_redis, test_ca):
     async with RedisCache(url=tls_url(mtls_redis), ssl_ca_certs=str(test_ca.ca_cert),
                           socket_timeout=2, breaker_threshold=1000) as cache:
-        assert await cache.async_set_cache("k", "v") is False
-        assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError):
-            await cache.async_test_connection()
+        await fails_closed(cache)
 
 
 # -- Redis Cluster over TLS --------------------------------------------------------------
@@ -269,10 +275,7 @@ async def test_s3_over_https_with_the_ca(https_moto, test_ca):
 async def test_s3_over_https_fails_closed_without_the_ca(https_moto, test_ca):
     async with Cache(type="s3", breaker_threshold=1000,
                      **_https_s3_settings(https_moto, test_ca)) as cache:
-        assert await cache.async_set_cache("k", "v") is False
-        assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
-            await cache.async_test_connection()
+        await fails_closed(cache, r"(?i)ssl|certificate")
 
 
 # -- GCS and Azure Blob over HTTPS -------------------------------------------------------
@@ -334,10 +337,7 @@ async def test_gcs_over_https_with_the_ca(https_gcs, test_ca):
 async def test_gcs_over_https_fails_closed_without_the_ca(https_gcs, test_ca):
     async with Cache(type="gcs", breaker_threshold=1000,
                      **_https_gcs_settings(https_gcs, test_ca)) as cache:
-        assert await cache.async_set_cache("k", "v") is False
-        assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
-            await cache.async_test_connection()
+        await fails_closed(cache, r"(?i)ssl|certificate")
 
 
 async def test_azure_over_https_with_the_ca(https_azurite, test_ca):
@@ -349,10 +349,7 @@ async def test_azure_over_https_with_the_ca(https_azurite, test_ca):
 async def test_azure_over_https_fails_closed_without_the_ca(https_azurite):
     async with Cache(type="azure_blob", breaker_threshold=1000, azure_retry_total=0,
                      **_https_azure_settings(https_azurite)) as cache:
-        assert await cache.async_set_cache("k", "v") is False
-        assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError, match=r"(?i)ssl|certificate"):
-            await cache.async_test_connection()
+        await fails_closed(cache, r"(?i)ssl|certificate")
 
 
 # -- PostgreSQL and MariaDB over TLS -----------------------------------------------------
@@ -400,20 +397,14 @@ async def test_sql_with_another_ca_fails_closed(tls_sql_server, test_ca):
     async with Cache(type="sql", url=tls_sql_server.url, breaker_threshold=1000,
                      connect_timeout=3, table=f"tls_{uuid.uuid4().hex[:8]}",
                      ssl_ca_certs=str(test_ca.other_ca_cert)) as cache:
-        assert await cache.async_set_cache("k", "v") is False
-        assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError):
-            await cache.async_test_connection()
+        await fails_closed(cache)
 
 
 async def test_plain_text_to_a_tls_only_mariadb_fails_closed(tls_mariadb):
     # (asyncpg's own default, sslmode=prefer, encrypts without verifying: documented.)
     async with Cache(type="sql", url=tls_mariadb.url, breaker_threshold=1000,
                      connect_timeout=3, table=f"tls_{uuid.uuid4().hex[:8]}") as cache:
-        assert await cache.async_set_cache("k", "v") is False
-        assert await cache.async_get_cache("k") is None
-        with pytest.raises(CacheConnectionError):
-            await cache.async_test_connection()
+        await fails_closed(cache)
 
 
 def test_sql_client_certificate_needs_a_ca():

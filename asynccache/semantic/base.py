@@ -278,18 +278,29 @@ class SemanticBackend(Backend):
     def reset_similarity_stats(self) -> None:
         self.verifier.reset()
 
-    async def _embed_query(
-        self, request: Mapping[str, Any], prefix: str, threshold: float | None
-    ) -> tuple[float, str, Any] | None:
-        """(threshold to meet, filter hash, vector) of a lookup, or ``None`` when the
-        request holds nothing to embed."""
+    async def search_similar(
+        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
+    ) -> tuple[bytes, float, str] | None:
+        """Best live entry with the request's filter hash, if its similarity >= threshold.
+
+        Embeds the request's text once, then asks the store's own index
+        (:meth:`_search_nearest`); a request with nothing to embed finds nothing.
+        """
         wanted = self.semantic.threshold(threshold)
         prepared = self.semantic.prepare(request, prefix)
         if prepared is None:
             return None
         text, filter_hash = prepared
         vector = await self.semantic.embedder.embed_one(text)
-        return wanted, filter_hash, vector
+        return await self._search_nearest(wanted, filter_hash, vector, scope_tag(prefix))
+
+    async def _search_nearest(
+        self, wanted: float, filter_hash: str, vector: Any, scope: str
+    ) -> tuple[bytes, float, str] | None:
+        """The store's nearest live entry with ``filter_hash`` (and ``scope``, the
+        namespace tag) whose similarity is at least ``wanted``, as (stored bytes,
+        similarity, matched prompt), or ``None``."""
+        raise NotImplementedError
 
     async def index_similar(
         self, request: Mapping[str, Any], item: WriteItem, *, prefix: str

@@ -32,7 +32,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,14 +311,10 @@ class LocalSemanticBackend(SemanticBackend):
         """How many entries the in-memory index holds."""
         return len(self._rows)
 
-    async def search_similar(
-        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
+    async def _search_nearest(
+        self, wanted: float, fh: str, vector: Any, scope: str
     ) -> tuple[bytes, float, str] | None:
         """Best live entry of the request's partition if its similarity >= threshold."""
-        embedded = await self._embed_query(request, prefix, threshold)
-        if embedded is None:
-            return None
-        wanted, fh, vector = embedded
         await self._ensure_loaded()
         query = np.asarray(vector, dtype=np.float32)
         if self._dimension is not None and len(query) != self._dimension:
@@ -326,7 +322,7 @@ class LocalSemanticBackend(SemanticBackend):
                 f"the embedder made a {len(query)}-dimensional vector but the semantic index "
                 f"holds {self._dimension}-dimensional ones"
             )
-        return await self.search_vector(query, fh, scope_tag(prefix), wanted)
+        return await self.search_vector(query, fh, scope, wanted)
 
     async def search_vector(self, query: np.ndarray, fh: str, scope: str, wanted: float
                             ) -> tuple[bytes, float, str] | None:

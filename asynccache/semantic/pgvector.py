@@ -25,7 +25,7 @@ returning nothing (pgvector 0.8+).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -225,14 +225,10 @@ class PgVectorSemanticBackend(SemanticBackend):
 
     # -- similarity ---------------------------------------------------------------------
 
-    async def search_similar(
-        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
+    async def _search_nearest(
+        self, wanted: float, fh: str, vector: Any, scope: str
     ) -> tuple[bytes, float, str] | None:
         """Nearest live row with the same filter hash and scope, if similar enough."""
-        embedded = await self._embed_query(request, prefix, threshold)
-        if embedded is None:
-            return None
-        wanted, fh, vector = embedded
         now = self.clock()
         query = [float(x) for x in vector]
 
@@ -241,7 +237,7 @@ class PgVectorSemanticBackend(SemanticBackend):
             distance = t.c.embedding.cosine_distance(query)
             statement = (
                 sa.select(t.c.value, t.c.prompt, distance.label("distance"))
-                .where(t.c.fh == fh, t.c.ns == scope_tag(prefix), t.c.embedding.is_not(None),
+                .where(t.c.fh == fh, t.c.ns == scope, t.c.embedding.is_not(None),
                        sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now))
                 .order_by(distance).limit(1)
             )

@@ -408,18 +408,14 @@ class QdrantSemanticBackend(SemanticBackend):
 
     # -- similarity ---------------------------------------------------------------------
 
-    async def search_similar(
-        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
+    async def _search_nearest(
+        self, wanted: float, fh: str, vector: Any, scope: str
     ) -> tuple[bytes, float, str] | None:
         """Best live point with the same filter hash and scope, if its similarity >= threshold."""
-        embedded = await self._embed_query(request, prefix, threshold)
-        if embedded is None:
-            return None
-        wanted, fh, vector = embedded
         client = await self._client()
         await self._ensure_collection(client, len(vector))
         condition = qm.Filter(must=[
-            _match("fh", fh), _match("ns", scope_tag(prefix)),
+            _match("fh", fh), _match("ns", scope),
             qm.FieldCondition(key="expires_at", range=qm.Range(gt=self.clock())),
         ])
         params = None

@@ -285,14 +285,10 @@ class RedisSemanticBackend(SemanticBackend):
 
     # -- similarity ---------------------------------------------------------------------
 
-    async def search_similar(
-        self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
+    async def _search_nearest(
+        self, wanted: float, fh: str, vector: Any, scope: str
     ) -> tuple[bytes, float, str] | None:
         """Best entry with the same filter hash and scope, if its similarity >= threshold."""
-        embedded = await self._embed_query(request, prefix, threshold)
-        if embedded is None:
-            return None
-        wanted, fh, vector = embedded
         client = await self._clients.get()
         await self._ensure_index(client, len(vector))
         # The filter hash already covers the namespace, so the query filters on it alone:
