@@ -30,6 +30,21 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 from .exceptions import BridgeError, CacheTimeoutError
 from .lifecycle import at_loop_end, at_process_exit, keep_inherited, process_generation
 
+__all__ = [
+    "DEFAULT_SYNC_DEADLINE",
+    "LoopLocal",
+    "bridge_loop",
+    "hold_until_drained",
+    "is_bridge_loop",
+    "is_caller_loop",
+    "register_exit_hook",
+    "release_drained",
+    "run_inline",
+    "run_on_caller_thread",
+    "run_sync",
+    "sync_twin",
+]
+
 logger = logging.getLogger("asynccache.bridge")
 
 P = ParamSpec("P")

@@ -30,6 +30,16 @@ from .stats import SAMPLE_EVERY, CacheStats
 if TYPE_CHECKING:
     from .contract import Backend, WriteItem
 
+
+__all__ = [
+    "DEFAULT_COOLDOWN",
+    "FIRST_PROBE_DELAY",
+    "BurstLogger",
+    "CircuitBreaker",
+    "CircuitState",
+    "GuardedBackend",
+    "sync_primitive",
+]
 logger = logging.getLogger("asynccache")
 T = TypeVar("T")
 
@@ -159,6 +169,8 @@ def _safe_message(exc: BaseException) -> str:
 
 #: Probe tasks in flight, held strongly (the event loop keeps only weak references).
 _PROBES: set[asyncio.Task[None]] = set()
+
+
 def sync_primitive(backend: Backend, name: str) -> Callable[[Any], Any]:
     """A synchronous form of a loop-free backend's primitive ``name`` (``read_many``...).
 

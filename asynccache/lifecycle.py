@@ -42,6 +42,18 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import FrameType
 from typing import Any
 
+__all__ = [
+    "at_loop_end",
+    "at_process_exit",
+    "chain_sigterm",
+    "forget_loop_end",
+    "install_sigterm_drain",
+    "keep_inherited",
+    "on_sigterm_drain",
+    "process_generation",
+    "terminating",
+]
+
 logger = logging.getLogger("asynccache")
 _installed = False
 
