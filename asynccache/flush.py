@@ -48,11 +48,11 @@ from .stats import CacheStats
 if TYPE_CHECKING:
     from .contract import WriteItem
 
-
 __all__ = [
     "OVERFLOW_POLICIES",
     "FlushQueue",
 ]
+
 logger = logging.getLogger("asynccache.flush")
 
 OVERFLOW_POLICIES = ("wait", "drop")

@@ -30,7 +30,6 @@ from .stats import SAMPLE_EVERY, CacheStats
 if TYPE_CHECKING:
     from .contract import Backend, WriteItem
 
-
 __all__ = [
     "DEFAULT_COOLDOWN",
     "FIRST_PROBE_DELAY",
@@ -40,6 +39,7 @@ __all__ = [
     "GuardedBackend",
     "sync_primitive",
 ]
+
 logger = logging.getLogger("asynccache")
 T = TypeVar("T")
 
