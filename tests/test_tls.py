@@ -27,6 +27,16 @@ from tests.servers.tls import (
 )
 
 
+def started(label: str, start):
+    """A server for this module, stopped afterwards; in CI one that cannot start fails."""
+    try:
+        server = start()
+    except ServiceUnavailable as exc:
+        service_unavailable(label, exc)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def test_ca() -> CertificateFiles:
     return make_certificates(Path(tempfile.mkdtemp(prefix="asynccache-ca-")))
@@ -34,32 +44,18 @@ def test_ca() -> CertificateFiles:
 
 @pytest.fixture(scope="module")
 def tls_redis(test_ca):
-    try:
-        server = start_redis_tls(test_ca)
-    except ServiceUnavailable as exc:
-        service_unavailable("redis-server (TLS)", exc)
-    yield server
-    server.stop()
+    yield from started("redis-server (TLS)", lambda: start_redis_tls(test_ca))
 
 
 @pytest.fixture(scope="module")
 def mtls_redis(test_ca):
-    try:
-        server = start_redis_tls(test_ca, client_certs=True, name="redis-mtls")
-    except ServiceUnavailable as exc:
-        service_unavailable("redis-server (mutual TLS)", exc)
-    yield server
-    server.stop()
+    yield from started("redis-server (mutual TLS)",
+                       lambda: start_redis_tls(test_ca, client_certs=True, name="redis-mtls"))
 
 
 @pytest.fixture(scope="module")
 def tls_cluster(test_ca):
-    try:
-        cluster = start_redis_tls_cluster(test_ca)
-    except ServiceUnavailable as exc:
-        service_unavailable("redis-server cluster (TLS)", exc)
-    yield cluster
-    cluster.stop()
+    yield from started("redis-server cluster (TLS)", lambda: start_redis_tls_cluster(test_ca))
 
 
 def tls_url(server) -> str:
@@ -243,12 +239,8 @@ async def test_keys_outside_the_namespace_are_denied_not_served(valkey_server):
 def https_moto(test_ca):
     from tests.servers import blob_servers
 
-    try:
-        server = blob_servers.start_moto(tls=(test_ca.server_cert, test_ca.server_key))
-    except ServiceUnavailable as exc:
-        service_unavailable("moto_server (HTTPS)", exc)
-    yield server
-    server.stop()
+    yield from started("moto_server (HTTPS)",
+                       lambda: blob_servers.start_moto(tls=test_ca.server_pair))
 
 
 def _https_s3_settings(server, ca, **extra):
@@ -284,24 +276,16 @@ async def test_s3_over_https_fails_closed_without_the_ca(https_moto, test_ca):
 def https_gcs(test_ca):
     from tests.servers import blob_servers
 
-    try:
-        server = blob_servers.start_fake_gcs(tls=(test_ca.server_cert, test_ca.server_key))
-    except ServiceUnavailable as exc:
-        service_unavailable("fake-gcs-server (HTTPS)", exc)
-    yield server
-    server.stop()
+    yield from started("fake-gcs-server (HTTPS)",
+                       lambda: blob_servers.start_fake_gcs(tls=test_ca.server_pair))
 
 
 @pytest.fixture(scope="module")
 def https_azurite(test_ca):
     from tests.servers import blob_servers
 
-    try:
-        server = blob_servers.start_azurite(tls=(test_ca.server_cert, test_ca.server_key))
-    except ServiceUnavailable as exc:
-        service_unavailable("Azurite (HTTPS)", exc)
-    yield server
-    server.stop()
+    yield from started("Azurite (HTTPS)",
+                       lambda: blob_servers.start_azurite(tls=test_ca.server_pair))
 
 
 def _https_gcs_settings(server, ca, **extra):
@@ -358,25 +342,16 @@ async def test_azure_over_https_fails_closed_without_the_ca(https_azurite):
 def tls_postgres(test_ca):
     from tests.servers.sql_servers import start_postgres
 
-    try:
-        server = start_postgres(name="postgres-tls",
-                                tls=(test_ca.server_cert, test_ca.server_key))
-    except ServiceUnavailable as exc:
-        service_unavailable("PostgreSQL (TLS)", exc)
-    yield server
-    server.stop()
+    yield from started("PostgreSQL (TLS)",
+                       lambda: start_postgres(name="postgres-tls", tls=test_ca.server_pair))
 
 
 @pytest.fixture(scope="module")
 def tls_mariadb(test_ca):
     from tests.servers.sql_servers import start_mariadb
 
-    try:
-        server = start_mariadb(name="mariadb-tls", tls=(test_ca.server_cert, test_ca.server_key))
-    except ServiceUnavailable as exc:
-        service_unavailable("MariaDB (TLS)", exc)
-    yield server
-    server.stop()
+    yield from started("MariaDB (TLS)",
+                       lambda: start_mariadb(name="mariadb-tls", tls=test_ca.server_pair))
 
 
 @pytest.fixture(params=["postgres", "mariadb"])

@@ -29,6 +29,11 @@ class CertificateFiles:
     client_key: Path
     other_ca_cert: Path  # a CA that signed nothing here: verification against it fails
 
+    @property
+    def server_pair(self) -> tuple[Path, Path]:
+        """(certificate, key) for a server launcher's ``tls=``."""
+        return self.server_cert, self.server_key
+
 
 def _name(common_name: str):  # type: ignore[no-untyped-def]
     from cryptography import x509
