@@ -118,3 +118,19 @@ async def measure(
 def ratio(result: Result, baseline: Result) -> float:
     """How many times faster ``result`` is than ``baseline`` (ops/s over ops/s)."""
     return result.ops_per_s / baseline.ops_per_s
+
+
+def target_lines(results: list[Result],
+                 targets: list[tuple[str, str, str, float]]) -> list[str]:
+    """One line per ``(scenario, ours, baseline, minimum ratio)`` target: met or not."""
+    lines = []
+    for scenario, mine, base_label, target in targets:
+        ours = next((r for r in results if r.scenario == scenario and r.library == mine), None)
+        base = next((r for r in results if r.scenario == scenario and r.library == base_label),
+                    None)
+        if ours is None or base is None:
+            continue
+        got = ratio(ours, base)
+        lines.append(f"target {scenario}: {got:.2f}x {base_label} (>= {target}x) "
+                     f"{'met' if got >= target else 'NOT met'}")
+    return lines

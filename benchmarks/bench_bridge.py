@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._measure import Result, measure, ratio
+from benchmarks._measure import Result, measure, target_lines
 from benchmarks.bench_core import run_sync_shim
 from benchmarks.bench_redis import completion, sha_key
 
@@ -157,15 +157,7 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.scenario:<54} {r.library:<38} {r.ops_per_s:>9,.0f} "
                      f"{r.median_s * 1000:>10.2f}")
     lines.append("")
-    for scenario, mine, base_label, target in TARGETS:
-        ours = next((r for r in results if r.scenario == scenario and r.library == mine), None)
-        base = next((r for r in results if r.scenario == scenario and r.library == base_label),
-                    None)
-        if ours is None or base is None:
-            continue
-        got = ratio(ours, base)
-        lines.append(f"target {scenario}: {got:.2f}x {base_label} (>= {target}x) "
-                     f"{'met' if got >= target else 'NOT met'}")
+    lines.extend(target_lines(results, TARGETS))
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._measure import Result, measure, ratio
+from benchmarks._measure import Result, measure, ratio, target_lines
 
 TTL = 3600
 #: Targets from the issue: (scenario, asynccache's library label, baseline label, ratio).
@@ -399,15 +399,7 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.scenario:<20} {r.library:<25} {r.ops_per_s:>11,.0f} "
                      f"{r.median_s * 1000:>10.2f} {r.min_s * 1000:>8.2f} {rel:>7} {rel_dec:>13}")
     lines.append("")
-    for scenario, mine, base_label, target in TARGETS:
-        ours = next((r for r in results if r.scenario == scenario and r.library == mine), None)
-        base = next((r for r in results if r.scenario == scenario and r.library == base_label),
-                    None)
-        if ours is None or base is None:
-            continue
-        got = ratio(ours, base)
-        lines.append(f"target {scenario}: {got:.2f}x raw (>= {target}x) "
-                     f"{'met' if got >= target else 'NOT met'}")
+    lines.extend(target_lines(results, TARGETS))
     return "\n".join(lines)
 
 
