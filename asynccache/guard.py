@@ -248,6 +248,10 @@ class GuardedBackend:
         if not self.breaker.allow():
             self.stats.add("skipped_open_circuit", skipped)
             self._ensure_probe()
+            # One pass of the loop: a caller retrying in a tight loop would otherwise never
+            # suspend, and the probe that closes the circuit (a task on this loop) would
+            # never run.
+            await asyncio.sleep(0)
             return False, fallback
         started = time.perf_counter()
         try:
