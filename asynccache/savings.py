@@ -37,12 +37,19 @@ from typing import Any
 __all__ = [
     "FIELDS", "PERSIST_INTERVAL", "STORED_MODELS", "STORED_PREFIX", "SavingsLedger",
     "count_saved", "enable_persistence", "ledger_of", "persist", "price_usd", "snapshot_of",
-    "stored_savings", "usage_of",
+    "stored_savings", "upstream_clock", "usage_of",
 ]
 
 #: Fields of one row of the ledger, in the order ``stats()`` shows them.
 FIELDS = ("hits", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
           "upstream_seconds", "priced_hits", "cost_usd")
+
+
+def upstream_clock() -> float:
+    """The clock an upstream call is timed with: the running loop's, which is a monotonic
+    clock on a real loop and simulated time on a simulated one (the demo's), so the time
+    a hit saves is the call's own duration either way."""
+    return asyncio.get_running_loop().time()
 
 
 @dataclass

@@ -16,7 +16,6 @@ tokens a call saved are in ``cache_info(result).items_hit`` terms, not in ``usag
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..base import BaseCache, CacheHit
 from ..config import NOT_GIVEN
 from ..controls import CacheControls, CacheMode
 from ..recording import check_replay_miss, remember_requests
-from ..savings import count_saved
+from ..savings import count_saved, upstream_clock
 from .responses import (
     STORE_VERSION,
     UPSTREAM_SECONDS,
@@ -129,9 +128,9 @@ async def cached_embedding(
         await check_replay_miss(cache, {**kwargs, "input": missing_inputs[0]}, missing_keys[0],
                                 controls.namespace)
         sent = kwargs if single else {**kwargs, "input": missing_inputs}
-        started = time.perf_counter()
+        started = upstream_clock()
         response = await upstream(sent)
-        elapsed = time.perf_counter() - started
+        elapsed = upstream_clock() - started
         if is_pydantic(response):
             seen_type = type(response)
         data = to_data(response)

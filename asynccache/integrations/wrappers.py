@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -53,7 +52,7 @@ from ..sampling import (
     samples_wanted,
     split_choices,
 )
-from ..savings import count_saved
+from ..savings import count_saved, upstream_clock
 from .embeddings import cached_embedding, split_inputs
 from .responses import (
     UPSTREAM_SECONDS,
@@ -295,9 +294,9 @@ class CachedFunction:
 
     async def _call_and_store(self, cache: BaseCache, args: tuple[Any, ...], kwargs: dict[str, Any],
                               controls: CacheControls, key: str) -> _Outcome:
-        started = time.perf_counter()
+        started = upstream_clock()
         result = await self._upstream(args, kwargs)  # errors propagate, nothing is stored
-        elapsed = time.perf_counter() - started
+        elapsed = upstream_clock() - started
         self._learn(result)
         info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
         if is_empty(result):
@@ -380,7 +379,7 @@ class CachedFunction:
         await check_replay_miss(cache, request, pool_key, controls.namespace)
 
         info = CacheInfo(cache_hit=False, cache_key=pool_key, backend=cache.backend.name)
-        started = time.perf_counter()
+        started = upstream_clock()
         result = await self._upstream(args, kwargs)
 
         async def add(data: Any, stored_type: str | None) -> None:
@@ -389,7 +388,7 @@ class CachedFunction:
             try:
                 current = await cache.async_get_cache(pool_key, namespace=controls.namespace)
                 updated = add_answers(new_pool(current), split_choices(data), policy.pool_size,
-                                      stored_type, round(time.perf_counter() - started, 3))
+                                      stored_type, round(upstream_clock() - started, 3))
                 await cache.async_set_cache(pool_key, updated, ttl=controls.ttl,
                                             namespace=controls.namespace)
                 await remember_requests(cache, [(pool_key, request)], controls.namespace)
@@ -425,7 +424,7 @@ class CachedFunction:
             await self._notify(info)
             return ReplayStream(chunks, info)
 
-        started = time.perf_counter()
+        started = upstream_clock()
         upstream = await self._upstream(args, kwargs)
         info = CacheInfo(cache_hit=False, cache_key=key, backend=cache.backend.name)
 
@@ -438,7 +437,7 @@ class CachedFunction:
             if stored_type is None and self.response_type is not None:
                 stored_type = type_path(self.response_type)
             payload = {**to_payload(assembled), "type": stored_type,
-                       UPSTREAM_SECONDS: round(time.perf_counter() - started, 3)}
+                       UPSTREAM_SECONDS: round(upstream_clock() - started, 3)}
             if stream.kept_chunks is not None:
                 payload["chunks"] = stream.kept_chunks
             await self._store(cache, kwargs, payload, controls, key)
