@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._measure import Result, ratio
+from benchmarks._measure import Result, ratio, target_lines
 from benchmarks.bench_redis import (
     TTL,
     AiocacheContender,
@@ -195,15 +195,7 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.scenario:<20} {r.library:<26} {r.ops_per_s:>11,.0f} "
                      f"{r.median_s * 1000:>10.2f} {rel:>7} {rel_dec:>13}")
     lines.append("")
-    for scenario, mine, base_label, base_scenario, target in TARGETS:
-        ours = next((r for r in results if r.scenario == scenario and r.library == mine), None)
-        base = next((r for r in results
-                     if r.scenario == base_scenario and r.library == base_label), None)
-        if ours is None or base is None:
-            continue
-        got = ratio(ours, base)
-        lines.append(f"target {scenario}: {got:.2f}x {base_label} {base_scenario} "
-                     f"(>= {target}x) {'met' if got >= target else 'NOT met'}")
+    lines.extend(target_lines(results, TARGETS))
     lines.extend(notes)
     return "\n".join(lines)
 

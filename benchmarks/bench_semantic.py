@@ -42,6 +42,15 @@ _TOPICS = ("python", "cooking", "finance", "travel", "physics", "history", "musi
            "gardening", "databases", "football", "poetry", "chemistry", "law", "marketing")
 
 
+def _queries(rng: random.Random, entries: int, lookups: int) -> list[dict[str, Any]]:
+    """Half reworded versions of stored prompts (semantic hits), half unseen prompts."""
+    return [
+        _chat(_prompt(rng.randrange(entries)) + " Please explain.") if n % 2 == 0
+        else _chat(f"Unseen prompt {n} about {rng.choice(_TOPICS)} and the weather")
+        for n in range(lookups)
+    ]
+
+
 def _chat(text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
     return {"model": model, "temperature": 0.2,
             "messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -111,13 +120,7 @@ async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
         lookups = (40 if quick else 100) if embedded else (200 if quick else 1_000)
         try:
             fill_s = await _fill(cache, entries)
-            rng = random.Random(7)
-            # Half reworded versions of stored prompts (semantic hits), half unseen prompts.
-            queries = [
-                _chat(_prompt(rng.randrange(entries)) + " Please explain.") if n % 2 == 0
-                else _chat(f"Unseen prompt {n} about {rng.choice(_TOPICS)} and the weather")
-                for n in range(lookups)
-            ]
+            queries = _queries(random.Random(7), entries, lookups)
             latencies: list[float] = []
             hits = 0
             for query in queries:
@@ -164,12 +167,7 @@ async def run_embedded(quick: bool) -> list[Result]:
     cache = _local_semantic(HashEmbedder(384), cache_size=lookups + 16)
     try:
         fill_s = await _fill(cache, entries)
-        rng = random.Random(11)
-        queries = [
-            _chat(_prompt(rng.randrange(entries)) + " Please explain.") if n % 2 == 0
-            else _chat(f"Unseen prompt {n} about {rng.choice(_TOPICS)} and the weather")
-            for n in range(lookups)
-        ]
+        queries = _queries(random.Random(11), entries, lookups)
         backend: Any = cache.backend
         texts = [q["messages"][-1]["content"] for q in queries]
         await backend.semantic.embedder.embed(texts)

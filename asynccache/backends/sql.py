@@ -191,7 +191,7 @@ class _Store:
                 f"SELECT key_hash, value FROM {name} WHERE key_hash IN ({{marks}})"
                 " AND (expires_at IS NULL OR expires_at > %s)")
             updates = [f"{c} = VALUES({c})" for c in _COLUMNS[1:]] + [f"{c} = NULL" for c in extra]
-                # One "VALUES (...)" group: the driver's executemany turns it into one
+            # One "VALUES (...)" group: the driver's executemany turns it into one
             # multi-row INSERT for the whole batch.
             self.driver_upsert = (
                 f"INSERT INTO {name} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
