@@ -1,29 +1,44 @@
-"""SQLite backend on the standard :mod:`sqlite3` module: one durable file, never on the loop.
+"""SQLite backend on the standard :mod:`sqlite3` module: one durable file, the loop never held.
 
 * The database runs in WAL mode: readers never wait for the writer, and a committed
   transaction is in the write-ahead log before the commit returns, so a process killed
   with SIGKILL loses nothing that was acknowledged (``synchronous=NORMAL``: a power
   cut may lose the last commits, a process crash does not).
-* Writes go to one writer thread with its own connection. Whatever is queued when it
-  wakes up is committed in one transaction (group commit), the rows of all its plain
-  writes in one statement: 64 tasks writing at once cost one commit, not 64. If any
+* **Per-tick batching.** A get or a set registers in its loop tick's batch and
+  suspends once; the first call of the tick yields to the loop, then answers every get
+  of the tick with one ``SELECT ... WHERE key IN (...)`` and commits every set of the
+  tick in one transaction. 64 tasks reading (or writing) at once cost one query (or one
+  commit), not 64, and no call holds the loop across another's.
+* **Small work on the loop, big work in threads.** A WAL read of cached pages or a
+  ``synchronous=NORMAL`` commit of a few rows costs tens of microseconds, less than
+  one hop to a thread and back, so the batch runs on the loop thread's own connection
+  when it is small (at most :data:`LOOP_MAX_KEYS` keys read, :data:`LOOP_MAX_ROWS`
+  rows or :data:`LOOP_MAX_BYTES` bytes written, no value read over
+  :data:`LOOP_MAX_BYTES`). Bigger batches, a database another connection holds locked
+  (the loop connection never waits: ``busy_timeout`` 0), a write that would go over
+  ``max_bytes`` (eviction) and deletes, clears and increments go to the worker threads
+  below. WAL checkpoints never run on the loop: its connection has
+  ``wal_autocheckpoint=0`` and the writer thread checkpoints (``PASSIVE``) in the
+  background as the log grows.
+* Writes handed to threads go to one writer thread with its own connection. Whatever
+  is queued when it wakes up is committed in one transaction (group commit). If any
   write of a group fails, the group is rolled back and replayed write by write, so one
-  failing write never undoes the others; a caller's write is acknowledged only after
-  its transaction committed.
-* Reads run on a small pool of reader threads (one connection each). Concurrent single
-  gets of one loop tick are merged by the cache's read coalescer into one ``SELECT ...
-  WHERE key IN (...)`` and one thread hop.
+  failing write never undoes the others. Either way a write is acknowledged only after
+  its transaction committed, and while writes are queued for the writer thread, later
+  writes of this process queue behind them (never overtaking them on the loop).
+* Reads handed to threads run on a small pool of reader threads (one connection each).
 * Every row has an ``expires_at`` column (indexed); expired rows are never returned, and
   the writer thread deletes them in the background every ``purge_interval`` seconds.
 * ``max_bytes`` bounds the pages in use: past it, expired rows go first, then the
-  oldest writes (rowid order: a rewrite moves a key to the end).
+  oldest entries (in order of first write: a rewrite updates the row in place).
 * Keys are stored as UTF-8 blobs, so ``clear(prefix)`` is a range scan of the primary
   key index (``prefix <= key < prefix || 0xFF``: no UTF-8 byte is 0xFF) that touches
   only that namespace's rows.
-* Several processes may share one file. Each connection waits up to ``busy_timeout``
-  seconds for a lock and the writer retries a busy transaction until then; if the file
-  is still locked the call fails like any backend failure (a miss, or ``False`` for a
-  write, counted and logged): "database is locked" never reaches the caller.
+* Several processes may share one file. Each thread connection waits up to
+  ``busy_timeout`` seconds for a lock and the writer retries a busy transaction until
+  then; if the file is still locked the call fails like any backend failure (a miss, or
+  ``False`` for a write, counted and logged): "database is locked" never reaches the
+  caller.
 
 >>> cache = SQLiteCache(path="llm-cache.db", ttl=3600)  # doctest: +SKIP
 >>> await cache.async_set_cache("k", {"answer": 42})     # doctest: +SKIP
@@ -40,6 +55,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import orjson
@@ -52,7 +68,8 @@ from ..exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT", "DEFAULT_MAX_BYTES", "DEFAULT_PATH", "DEFAULT_PURGE_INTERVAL",
-    "DEFAULT_READERS", "MAX_GROUP", "SQLiteBackend", "SQLiteCache",
+    "DEFAULT_READERS", "LOOP_MAX_BYTES", "LOOP_MAX_KEYS", "LOOP_MAX_ROWS", "MAX_GROUP",
+    "SQLiteBackend", "SQLiteCache",
 ]
 
 DEFAULT_PATH = "./.asynccache.db"
@@ -67,6 +84,21 @@ _IN_CHUNK = 500
 #: Eviction deletes this share of the rows (at least 64) per round, oldest first.
 _EVICT_FRACTION = 0.05
 _PURGE_CHUNK = 5000
+#: The most keys one tick's reads may ask for and still be answered on the loop thread.
+LOOP_MAX_KEYS = 256
+#: The most rows one tick's writes may hold and still be committed on the loop thread.
+LOOP_MAX_ROWS = 128
+#: The most bytes one tick's writes may hold, and the largest value a read may return,
+#: on the loop thread (a 256 KB read or write of cached pages stays well under 1 ms).
+LOOP_MAX_BYTES = 256 * 1024
+#: Bytes committed on the loop between two background checkpoints (about the 1000
+#: pages at which SQLite would checkpoint by itself).
+_CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: Writer-queue marker: checkpoint the WAL (PASSIVE), nothing to answer.
+_CHECKPOINT = "checkpoint"
+#: Loop connections a forked child inherited: kept, never used or closed (SQLite must
+#: not close a connection opened by another process).
+_INHERITED: list[sqlite3.Connection] = []
 
 T = TypeVar("T")
 
@@ -80,8 +112,18 @@ _SCHEMA = (
 )
 
 
+_UPSERT = (
+    "INSERT INTO asynccache_entries (key, value, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+
+
 def _key(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
+
+
+class _HandOver(Exception):
+    """A batch the loop thread started and leaves to the writer thread."""
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -114,11 +156,13 @@ class _Job:
     __slots__ = ("future", "loop", "rows", "run")
 
     def __init__(self, run: Callable[[sqlite3.Connection], Any],
-                 rows: list[tuple[bytes, bytes, float | None]] | None = None) -> None:
+                 rows: list[tuple[bytes, bytes, float | None]] | None = None,
+                 future: asyncio.Future[Any] | None = None) -> None:
         self.run = run
         self.rows = rows
         self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[Any] = self.loop.create_future()
+        self.future: asyncio.Future[Any] = (
+            self.loop.create_future() if future is None else future)
 
 
 def _settle(outcomes: list[tuple[_Job, bool, Any]]) -> None:
@@ -151,13 +195,31 @@ class _Writer:
 
     def __init__(self, backend: SQLiteBackend) -> None:
         self._backend = backend
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
+        #: Jobs submitted and not yet committed (or failed): while any is, the loop
+        #: hands its writes here too, so they never overtake the queued ones.
+        self.pending = 0
+        self._pending_lock = threading.Lock()
+        self._checkpoint_queued = False
         self._thread = threading.Thread(target=self._main, name="asynccache-sqlite-writer",
                                         daemon=True)
         self._thread.start()
 
     def submit(self, job: _Job | None) -> None:
+        if job is not None:
+            with self._pending_lock:
+                self.pending += 1
         self._jobs.put(job)
+
+    def checkpoint_soon(self) -> None:
+        """Ask for a PASSIVE checkpoint of the WAL (once, however often asked meanwhile)."""
+        if not self._checkpoint_queued:
+            self._checkpoint_queued = True
+            self._jobs.put(_CHECKPOINT)
+
+    def _done(self, count: int) -> None:
+        with self._pending_lock:
+            self.pending -= count
 
     def stop(self, timeout: float) -> None:
         self._jobs.put(None)
@@ -171,14 +233,14 @@ class _Writer:
         backend = self._backend
         connection: sqlite3.Connection | None = None
         next_purge = time.monotonic() + backend.purge_interval
-        first: _Job | None = None
-        job: _Job | None = None
+        first: _Job | str | None = None
+        queued: _Job | str | None = None
         group: list[_Job] = []
         try:
             while True:
                 # Drop the last group before waiting: its jobs hold the backend, which
                 # must stay collectable while the thread sleeps.
-                first = job = None
+                first = queued = None
                 group = []
                 wait = max(0.0, next_purge - time.monotonic())
                 try:
@@ -190,24 +252,37 @@ class _Writer:
                     continue
                 if first is None:
                     return
-                group = [first]
+                group = [] if isinstance(first, str) else [first]
+                checkpoint = isinstance(first, str)
                 stopping = False
                 while len(group) < MAX_GROUP:
                     try:
-                        job = self._jobs.get_nowait()
+                        queued = self._jobs.get_nowait()
                     except queue.Empty:
                         break
-                    if job is None:
+                    if queued is None:
                         stopping = True
                         break
-                    group.append(job)
+                    if isinstance(queued, str):
+                        checkpoint = True
+                    else:
+                        group.append(queued)
                 if connection is None:
                     try:
                         connection = backend.connect(writer=True)
                     except Exception as exc:
+                        self._done(len(group))
                         _deliver([(job, False, exc) for job in group])
                         continue
-                _deliver(self._commit(connection, group))
+                if group:
+                    outcomes = self._commit(connection, group)
+                    self._done(len(group))
+                    _deliver(outcomes)
+                    del outcomes
+                if checkpoint:
+                    self._checkpoint_queued = False
+                    with contextlib.suppress(sqlite3.Error):  # busy: the next one catches up
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 if stopping:
                     return
         finally:
@@ -274,6 +349,27 @@ class _Writer:
             # A background purge that loses a lock race simply runs again next time.
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
+
+
+Row = tuple[bytes, bytes, float | None]
+
+
+class _Tick:
+    """The reads and writes registered during one loop tick, answered together."""
+
+    __slots__ = ("reads", "writes")
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[list[bytes], asyncio.Future[Any]]] = []
+        self.writes: list[tuple[list[Row], asyncio.Future[Any]]] = []
+
+
+def _select_sql(count: int) -> str:
+    # A value over the bound comes back as NULL (``length`` does not load it): the
+    # batch then goes to a reader thread.
+    return ("SELECT key, CASE WHEN length(value) <= ? THEN value END FROM asynccache_entries"
+            f" WHERE key IN ({','.join('?' * count)})"
+            " AND (expires_at IS NULL OR expires_at > ?)")
 
 
 class _Readers:
@@ -360,10 +456,10 @@ class SQLiteBackend(Backend):
     """
 
     name: ClassVar[str] = "sqlite"
-    # Reads and writes hop to threads and may wait on another process's lock: the
-    # cache's timeout and its read coalescing (one query per loop tick) apply, as for
-    # network stores.
-    remote: ClassVar[bool] = True
+    # The backend batches each loop tick itself (one query, one commit), and nothing it
+    # does can hang: the loop connection never waits for a lock and the threads wait at
+    # most ``busy_timeout``. So no read coalescer and no timeout in front of it.
+    remote: ClassVar[bool] = False
     max_batch: ClassVar[int] = 1000
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *,
@@ -400,16 +496,35 @@ class SQLiteBackend(Backend):
         self._threads_lock = threading.Lock()
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        #: Loop connections by thread id (opened in a worker thread, used on the loop
+        #: thread), for the process in ``_loop_pid``.
+        self._loop_connections: dict[int, sqlite3.Connection] = {}
+        self._loop_pid = os.getpid()
+        self._opening: set[int] = set()
+        self._ticks: dict[asyncio.AbstractEventLoop, _Tick] = {}
+        self._page_size = 4096
+        self._bytes_since_checkpoint = 0
+        #: Batches answered on the loop thread and handed to threads (for tests and
+        #: benchmarks).
+        self.loop_batches = 0
+        self.thread_batches = 0
 
     # -- connections and threads ---------------------------------------------------------
 
-    def connect(self, *, writer: bool) -> sqlite3.Connection:
-        """A connection to the file with the cache's settings (called on its own thread)."""
+    def connect(self, *, writer: bool, on_loop: bool = False) -> sqlite3.Connection:
+        """A connection to the file with the cache's settings (opened in a worker thread).
+
+        ``on_loop``: the connection a loop thread uses for small batches; it never waits
+        for a lock (``busy_timeout`` 0: a busy database sends the batch to a thread) and
+        never checkpoints (the writer thread does).
+        """
         folder = os.path.dirname(self.path)
         if folder:
             os.makedirs(folder, exist_ok=True)
+        # The loop connection keeps a prepared statement per batch size it has read.
         connection = sqlite3.connect(self.path, timeout=self.busy_timeout,
-                                     isolation_level=None, check_same_thread=False)
+                                     isolation_level=None, check_same_thread=False,
+                                     cached_statements=LOOP_MAX_KEYS + 32 if on_loop else 128)
         try:
             deadline = time.monotonic() + self.busy_timeout
             mode = _retry_busy(
@@ -419,6 +534,9 @@ class SQLiteBackend(Backend):
                 raise sqlite3.OperationalError(f"cannot turn on WAL mode for {self.path}")
             connection.execute("PRAGMA synchronous=NORMAL")
             self._ensure_schema(connection, deadline)
+            if on_loop:
+                connection.execute("PRAGMA busy_timeout=0")
+                connection.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
             connection.close()
             raise
@@ -468,12 +586,167 @@ class SQLiteBackend(Backend):
         result: T = await job.future
         return result
 
+    # -- per-tick batches, answered on the loop thread when small -------------------------
+
+    async def _in_tick(self, keys: list[bytes] | None, rows: list[Row] | None) -> Any:
+        """Join this loop tick's batch: the rows to write, or the keys to read."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        tick = self._ticks.get(loop)
+        leader = tick is None
+        if tick is None:
+            tick = self._ticks[loop] = _Tick()
+        if rows is not None:
+            tick.writes.append((rows, future))
+        elif keys is not None:
+            tick.reads.append((keys, future))
+        if not leader:
+            return await future
+        try:
+            # One pass of the loop: every task already scheduled in this tick joins in.
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        finally:
+            if self._ticks.get(loop) is tick:
+                del self._ticks[loop]
+            # Even when this caller was cancelled: the others still get their answers.
+            self._flush(tick)
+        return await future
+
+    def _flush(self, tick: _Tick) -> None:
+        connection = self._loop_connection()
+        if tick.writes:  # first, so a read of the same tick sees them
+            self._flush_writes(connection, tick.writes)
+        if tick.reads:
+            self._flush_reads(connection, tick.reads)
+
+    def _loop_connection(self) -> sqlite3.Connection | None:
+        """This thread's loop connection; ``None`` while a worker thread opens it."""
+        if self._loop_pid != os.getpid():
+            _INHERITED.extend(self._loop_connections.values())
+            self._loop_connections, self._opening = {}, set()
+            self._loop_pid = os.getpid()
+        ident = threading.get_ident()
+        connection = self._loop_connections.get(ident)
+        if connection is None and ident not in self._opening:
+            # Opening creates the file and the schema: disk work, never on the loop.
+            self._opening.add(ident)
+            job = _Job(lambda _: self._open_loop_connection(ident))
+            self._threads_now().readers.submit(job)
+            job.future.add_done_callback(lambda done: self._opened(ident, done))
+        return connection
+
+    def _open_loop_connection(self, ident: int) -> None:
+        connection = self.connect(writer=False, on_loop=True)
+        self._page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+        self._loop_connections[ident] = connection
+
+    def _opened(self, ident: int, done: asyncio.Future[Any]) -> None:
+        self._opening.discard(ident)
+        if not done.cancelled():
+            done.exception()  # a failure is retried by the next batch, not logged here
+
+    def _flush_writes(self, connection: sqlite3.Connection | None,
+                      entries: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
+        rows = entries[0][0] if len(entries) == 1 else [r for rows, _ in entries for r in rows]
+        size = sum(len(row[1]) for row in rows)
+        writer = self._threads_now().writer
+        if (connection is None or len(rows) > LOOP_MAX_ROWS or size > LOOP_MAX_BYTES
+                or writer.pending):
+            self._writes_to_thread(entries)
+            return
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:  # another connection holds the write lock: wait in a thread
+            self._writes_to_thread(entries)
+            return
+        try:
+            self.upsert_rows(connection, rows)
+            if self._over_bound(connection):
+                # Eviction deletes many rows: the writer thread redoes this batch.
+                raise _HandOver
+            connection.execute("COMMIT")
+        except Exception:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            self._writes_to_thread(entries)
+            return
+        self.commits += 1
+        self.loop_batches += 1
+        for _, future in entries:
+            if not future.done():
+                future.set_result(None)
+        self._bytes_since_checkpoint += size
+        if self._bytes_since_checkpoint >= _CHECKPOINT_BYTES:
+            self._bytes_since_checkpoint = 0
+            writer.checkpoint_soon()
+
+    def _over_bound(self, connection: sqlite3.Connection) -> bool:
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        if pages * self._page_size <= self.max_bytes:
+            return False
+        free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+        return bool((pages - free) * self._page_size > self.max_bytes)
+
+    def _writes_to_thread(self, entries: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
+        self.thread_batches += 1
+        writer = self._threads_now().writer
+        for rows, future in entries:
+            writer.submit(_Job(partial(self.upsert_rows, rows=rows), rows, future))
+
+    def _flush_reads(self, connection: sqlite3.Connection | None,
+                     entries: list[tuple[list[bytes], asyncio.Future[Any]]]) -> None:
+        wanted = (entries[0][0] if len(entries) == 1
+                  else list(dict.fromkeys(key for keys, _ in entries for key in keys)))
+        if connection is None or len(wanted) > LOOP_MAX_KEYS:
+            self._reads_to_thread(entries)
+            return
+        try:
+            rows = connection.execute(_select_sql(len(wanted)),
+                                      (LOOP_MAX_BYTES, *wanted, self.clock())).fetchall()
+        except sqlite3.Error:  # busy (WAL recovery by another process) or a failure
+            self._reads_to_thread(entries)
+            return
+        found: dict[bytes, bytes] = {}
+        for key, value in rows:
+            if value is None:  # a value over LOOP_MAX_BYTES
+                self._reads_to_thread(entries)
+                return
+            found[key] = value
+        self.read_batches += 1
+        self.loop_batches += 1
+        for keys, future in entries:
+            if not future.done():
+                future.set_result([found.get(key) for key in keys])
+
+    def _reads_to_thread(self, entries: list[tuple[list[bytes], asyncio.Future[Any]]]) -> None:
+        self.thread_batches += 1
+        wanted = [key for keys, _ in entries for key in keys]
+        now = self.clock()
+        job = _Job(lambda connection: self._select(connection, wanted, now))
+        self._threads_now().readers.submit(job)
+
+        def answer(done: asyncio.Future[Any]) -> None:
+            failure = None if done.cancelled() else done.exception()
+            start = 0
+            for keys, future in entries:
+                if not future.done():
+                    if failure is not None:
+                        future.set_exception(failure)
+                    else:
+                        future.set_result(done.result()[start : start + len(keys)])
+                start += len(keys)
+
+        job.future.add_done_callback(answer)
+
     # -- work done on the threads --------------------------------------------------------
 
-    def _select(self, connection: sqlite3.Connection, keys: Sequence[str],
+    def _select(self, connection: sqlite3.Connection, wanted: Sequence[bytes],
                 now: float) -> list[bytes | None]:
         self.read_batches += 1
-        wanted = [_key(key) for key in keys]
         found: dict[bytes, bytes] = {}
         for start in range(0, len(wanted), _IN_CHUNK):
             chunk = list(dict.fromkeys(wanted[start : start + _IN_CHUNK]))
@@ -486,15 +759,12 @@ class SQLiteBackend(Backend):
         return [found.get(key) for key in wanted]
 
     @staticmethod
-    def upsert_rows(connection: sqlite3.Connection,
-                    rows: Sequence[tuple[bytes, bytes, float | None]]) -> None:
+    def upsert_rows(connection: sqlite3.Connection, rows: Sequence[Row]) -> None:
         """Write ``(key, value, expires_at)`` rows (inside the writer's transaction)."""
-        # REPLACE (delete + insert) gives a rewritten key a new rowid: rowid order is
-        # write order, which is what eviction removes oldest-first.
-        connection.executemany(
-            "INSERT OR REPLACE INTO asynccache_entries (key, value, expires_at) VALUES (?, ?, ?)",
-            rows,
-        )
+        # An upsert rewrites a key's row in place (half the cost of REPLACE, which
+        # deletes and inserts the row and both index entries); rowid order is therefore
+        # first-write order, which eviction removes oldest-first.
+        connection.executemany(_UPSERT, rows)
 
     def purge_expired(self, connection: sqlite3.Connection) -> int:
         """Delete expired rows (inside the writer's transaction); return how many."""
@@ -537,22 +807,21 @@ class SQLiteBackend(Backend):
     async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        now = self.clock()
-        return await self._read(lambda connection: self._select(connection, keys, now))
+        found: list[bytes | None] = await self._in_tick([_key(key) for key in keys], None)
+        return found
 
     async def write_many(self, items: Sequence[WriteItem]) -> list[bool] | None:
         if not items:
             return None
         now = self.clock()
-        too_large = [len(data) > self.max_bytes for _, data, _ in items]
-        kept = [item for item, big in zip(items, too_large, strict=True) if not big]
-        if kept:
-            rows = [(_key(key), data, None if ttl is None else now + ttl)
-                    for key, data, ttl in kept]
-            job = _Job(lambda connection: self.upsert_rows(connection, rows), rows)
-            self._threads_now().writer.submit(job)
-            await job.future
-        return [not big for big in too_large] if any(too_large) else None
+        max_bytes = self.max_bytes
+        rows = [(_key(key), data, None if ttl is None else now + ttl)
+                for key, data, ttl in items if len(data) <= max_bytes]
+        if rows:
+            await self._in_tick(None, rows)
+        if len(rows) == len(items):
+            return None
+        return [len(data) <= max_bytes for _, data, _ in items]
 
     async def remove_many(self, keys: Sequence[str]) -> int:
         if not keys:
@@ -596,10 +865,7 @@ class SQLiteBackend(Backend):
             value = envelope.counter_value(None if row is None else row[0]) + amount
             # An existing counter keeps its expiry.
             expires_at = (None if ttl is None else now + ttl) if row is None else row[1]
-            connection.execute(
-                "INSERT OR REPLACE INTO asynccache_entries (key, value, expires_at)"
-                " VALUES (?, ?, ?)", (stored, orjson.dumps(value), expires_at),
-            )
+            connection.execute(_UPSERT, (stored, orjson.dumps(value), expires_at))
             return value
 
         return await self._write(add)
@@ -637,8 +903,18 @@ class SQLiteBackend(Backend):
     async def aclose(self) -> None:
         with self._threads_lock:
             threads, self._threads = self._threads, None
-        if threads is not None and threads.pid == os.getpid():
-            await asyncio.to_thread(threads.close, self.busy_timeout + 5)
+        if threads is None or threads.pid != os.getpid():
+            return
+
+        def close() -> None:
+            threads.close(self.busy_timeout + 5)
+            # After the threads (one of them may still be opening a loop connection), and
+            # here rather than on the loop: the last connection closed checkpoints the WAL.
+            connections, self._loop_connections = self._loop_connections, {}
+            for connection in connections.values():
+                connection.close()
+
+        await asyncio.to_thread(close)
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "max_bytes": self.max_bytes}
