@@ -1,4 +1,5 @@
-"""Disk backend behaviour beyond the shared contract: files, safety, eviction, failures."""
+"""``type="disk"`` beyond the shared contract: which store a folder opens with, and the
+file store's files, safety, eviction and failures (the SQLite store has tests/test_sqlite.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import pytest
 
 from asynccache import Cache, CacheConnectionError, ConfigurationError
 from asynccache.backends import disk
-from asynccache.backends.disk import SUFFIX, DiskBackend, DiskCache, entry_file
+from asynccache.backends.disk import (
+    SQLITE_FILE,
+    STORES,
+    SUFFIX,
+    DiskBackend,
+    DiskCache,
+    SQLiteDiskBackend,
+    entry_file,
+)
 from asynccache.keys import namespace_prefix
 from tests.helpers import FakeClock, chat_completion
 
@@ -41,7 +50,7 @@ async def make(folder: Path):
     made: list[DiskCache] = []
 
     def build(**settings) -> DiskCache:
-        cache = DiskCache(**{"disk_cache_dir": str(folder), **settings})
+        cache = DiskCache(**{"disk_cache_dir": str(folder), "store": "files", **settings})
         made.append(cache)
         return cache
 
@@ -205,7 +214,7 @@ async def test_expired_entry_is_a_miss_and_its_file_is_deleted(make):
 
 
 async def entry_size(folder: Path) -> int:
-    probe = DiskCache(disk_cache_dir=str(folder / "probe"))
+    probe = DiskCache(disk_cache_dir=str(folder / "probe"), store="files")
     await probe.async_set_cache("k0", "x" * 1000)
     size = entry_files(folder / "probe")[0].stat().st_size
     await probe.aclose()
@@ -321,8 +330,58 @@ async def test_concurrent_increments_in_one_process_lose_nothing(make):
     assert await cache.async_get_ttl("n") == pytest.approx(40)  # the counter keeps its expiry
 
 
-async def test_cache_facade_builds_the_disk_backend(folder):
+async def test_a_new_folder_opens_with_the_sqlite_store(folder):
     cache = Cache(type="disk", disk_cache_dir=str(folder), max_bytes=10 * 1024 * 1024)
+    try:
+        assert isinstance(cache.backend, SQLiteDiskBackend)
+        assert not folder.exists()  # the constructor only looked
+        assert await cache.async_set_cache("k", {"answer": "hello"}) is True
+        assert (folder / SQLITE_FILE).is_file()
+        assert entry_files(folder) == []
+        assert "store='sqlite'" in repr(cache) and "max_bytes=10485760" in repr(cache)
+        assert cache.stats()["backend"] == "disk"
+    finally:
+        await cache.aclose()
+    reopened = Cache(type="disk", disk_cache_dir=str(folder))
+    try:
+        assert isinstance(reopened.backend, SQLiteDiskBackend)
+        assert await reopened.async_get_cache("k") == {"answer": "hello"}
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_folder_of_file_entries_keeps_its_store_so_an_upgrade_loses_nothing(folder):
+    older = DiskCache(disk_cache_dir=str(folder), store="files", namespace="chat")
+    await older.async_set_cache("kept", {"from": "the file store"})
+    await older.aclose()
+    for cache in (DiskCache(disk_cache_dir=str(folder), namespace="chat"),
+                  Cache(type="disk", disk_cache_dir=str(folder), namespace="chat")):
+        try:
+            assert isinstance(cache.backend, DiskBackend)
+            assert await cache.async_get_cache("kept") == {"from": "the file store"}
+            assert await cache.async_set_cache("new", 1) is True
+            assert not (folder / SQLITE_FILE).exists()
+        finally:
+            await cache.aclose()
+    # Asked for explicitly, the SQLite store starts empty beside the files.
+    fresh = DiskCache(disk_cache_dir=str(folder), namespace="chat", store="sqlite")
+    try:
+        assert isinstance(fresh.backend, SQLiteDiskBackend)
+        assert await fresh.async_get_cache("kept") is None
+        assert await fresh.async_set_cache("k", 1) is True
+    finally:
+        await fresh.aclose()
+    # Once the folder holds the SQLite file, it opens with the SQLite store.
+    again = DiskCache(disk_cache_dir=str(folder), namespace="chat")
+    try:
+        assert isinstance(again.backend, SQLiteDiskBackend)
+    finally:
+        await again.aclose()
+
+
+async def test_cache_facade_builds_the_file_store(folder):
+    cache = Cache(type="disk", disk_cache_dir=str(folder), max_bytes=10 * 1024 * 1024,
+                  store="files")
     try:
         assert isinstance(cache.backend, DiskBackend)
         key = cache.get_cache_key(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
@@ -339,16 +398,18 @@ async def test_cache_facade_builds_the_disk_backend(folder):
 @pytest.mark.parametrize("settings, message", [
     ({"max_bytes": 0}, "max_bytes"), ({"max_bytes": "1GB"}, "max_bytes"),
     ({"disk_cache_dir": ""}, "disk_cache_dir"), ({"disk_cache_dir": 42}, "disk_cache_dir"),
+    ({"store": "sqlite3"}, "store"), ({"store": "files", "max_bytes": -1}, "max_bytes"),
 ])
 def test_bad_settings_raise_naming_them(settings, message):
     with pytest.raises(ConfigurationError, match=message):
         DiskCache(**settings)
 
 
-async def test_unusable_folder_fails_test_connection_but_never_get_or_set(tmp_path):
+@pytest.mark.parametrize("store", STORES)
+async def test_unusable_folder_fails_test_connection_but_never_get_or_set(tmp_path, store):
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where the cache folder's parent should be")
-    cache = DiskCache(disk_cache_dir=str(blocker / "cache"))
+    cache = DiskCache(disk_cache_dir=str(blocker / "cache"), store=store)
     try:
         with pytest.raises(CacheConnectionError, match="disk"):
             await cache.async_test_connection()

@@ -35,7 +35,7 @@ from asynccache.backends._blob import MAX_KEY_CHARS, object_name
 from asynccache.backends.disk import DiskCache
 from asynccache.keys import namespace_prefix
 
-LOCAL_BACKENDS = {"memory", "dual", "disk", "sqlite"}
+LOCAL_BACKENDS = {"memory", "dual", "disk", "disk-files", "sqlite"}
 LOCAL_EXAMPLES = 25
 REMOTE_EXAMPLES = 6
 KB64 = 64 * 1024
@@ -252,7 +252,7 @@ async def test_disk_keys_never_escape_the_cache_folder(tmp_path):
     jail = tmp_path / "jail"
     folder = jail / "cache"
     outside_before = sorted(os.listdir(tmp_path))
-    cache = DiskCache(disk_cache_dir=str(folder))
+    cache = DiskCache(disk_cache_dir=str(folder), store="files")
     loop = asyncio.get_running_loop()
     written: list[tuple[str | None, str]] = []
 
@@ -412,7 +412,7 @@ async def test_corrupt_bytes_planted_in_the_store_are_a_counted_miss(make_cache,
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "empty"])
 async def test_damaged_disk_files_are_a_counted_miss(tmp_path, damage):
-    cache = DiskCache(disk_cache_dir=str(tmp_path / "cache"), namespace="n")
+    cache = DiskCache(disk_cache_dir=str(tmp_path / "cache"), namespace="n", store="files")
     try:
         assert await cache.async_set_cache("victim", {"text": "x" * 100}) is True
         assert await cache.async_set_cache("neighbour", "fine") is True
