@@ -1,4 +1,5 @@
-"""SQLite backend: WAL, group commit, coalesced reads, expiry, bound, processes, crashes.
+"""SQLite backend: WAL, per-tick batches on the loop, group commit in threads, expiry,
+bound, processes, forks, crashes.
 
 The shared behaviour is in the contract suite; these tests cover what only this backend
 promises. Processes are real subprocesses on one file; the crash test kills one with
@@ -8,17 +9,20 @@ SIGKILL in the middle of a write burst.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from asynccache import Cache, ConfigurationError
-from asynccache.backends.sqlite import SQLiteBackend, SQLiteCache
+from asynccache.backends.sqlite import LOOP_MAX_BYTES, LOOP_MAX_ROWS, SQLiteBackend, SQLiteCache
 from tests.helpers import FakeClock
 
 
@@ -272,3 +276,184 @@ async def test_a_dropped_cache_is_collected_and_its_threads_exit(db_path):
     gc.collect()
     await asyncio.to_thread(writer.join, 30)
     assert not writer.is_alive()
+
+
+# -- per-tick batches on the loop thread ---------------------------------------------------
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` from the loop: what it watches changes in worker threads."""
+    for _ in range(60_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def _warm(cache: SQLiteCache, *, write: bool = True) -> SQLiteBackend:
+    """The backend, once its loop connection is open (opened by a worker thread)."""
+    backend = cache.backend
+    assert isinstance(backend, SQLiteBackend)
+    if write:
+        await cache.async_set_cache("warm-up", 0)
+    else:
+        await cache.async_get_cache("warm-up")
+    # The first batch asked a worker thread to open it.
+    await _until(lambda: backend._loop_connection() is not None, "loop connection opened")
+    return backend
+
+
+async def test_one_tick_of_gets_and_sets_is_one_query_and_one_commit_on_the_loop(db_path):
+    async with SQLiteCache(path=db_path) as cache:
+        backend = await _warm(cache)
+        commits, loop_batches, thread_batches = (backend.commits, backend.loop_batches,
+                                                 backend.thread_batches)
+        flags = await asyncio.gather(*(cache.async_set_cache(f"k{i}", i) for i in range(64)))
+        assert flags == [True] * 64
+        assert backend.commits - commits == 1
+        reads = backend.read_batches
+        got = await asyncio.gather(*(cache.async_get_cache(f"k{i}") for i in range(64)))
+        assert got == list(range(64))
+        assert backend.read_batches - reads == 1
+        assert backend.loop_batches - loop_batches == 2
+        assert backend.thread_batches == thread_batches
+
+
+async def test_big_values_and_big_batches_go_to_the_threads(db_path):
+    async with SQLiteCache(path=db_path) as cache:
+        backend = await _warm(cache)
+        big = "x" * (LOOP_MAX_BYTES + 1)
+        before = backend.thread_batches
+        assert await cache.async_set_cache("big", big) is True
+        assert await cache.async_get_cache("big") == big  # NULL on the loop, read in a thread
+        many = {f"m{i}": i for i in range(LOOP_MAX_ROWS + 1)}
+        assert all(await cache.async_set_cache_pipeline(many))
+        assert await cache.async_batch_get_cache(list(many)) == list(many.values())
+        assert backend.thread_batches - before == 3  # big set, big get, big pipeline
+        assert backend.thread_batches - before < 5  # the batch get of 129 keys stays on the loop
+
+
+async def test_a_locked_database_sends_the_write_to_a_thread_that_waits_for_the_lock(db_path):
+    async with SQLiteCache(path=db_path, busy_timeout=30) as cache:
+        backend = await _warm(cache)
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            before = backend.thread_batches
+            write = asyncio.ensure_future(cache.async_set_cache("k", "written"))
+            await _until(lambda: backend.thread_batches > before, "the loop found the lock taken")
+            assert not write.done()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await write is True
+        assert await cache.async_get_cache("k") == "written"
+
+
+async def test_later_writes_never_overtake_writes_queued_for_the_writer_thread(db_path):
+    async with SQLiteCache(path=db_path) as cache:
+        backend = await _warm(cache, write=False)  # the writer thread has no connection yet
+        opening = threading.Event()
+        connect = backend.connect
+
+        def slow_connect(*, writer: bool, on_loop: bool = False) -> sqlite3.Connection:
+            if writer:  # the writer thread stalls here, holding no lock
+                opening.wait(60)
+            return connect(writer=writer, on_loop=on_loop)
+
+        backend.connect = slow_connect  # type: ignore[method-assign]
+        old = {f"p{i}": "old" for i in range(LOOP_MAX_ROWS + 1)}  # too many for the loop
+        before = backend.thread_batches
+        pipeline = asyncio.ensure_future(cache.async_set_cache_pipeline(old))
+        await _until(lambda: backend.thread_batches > before, "pipeline sent to the writer")
+        # Small enough for the loop and the file is not locked, but queued behind the
+        # pipeline: it must not commit first.
+        write = asyncio.ensure_future(cache.async_set_cache("p0", "new"))
+        await _until(lambda: backend.thread_batches > before + 1 or write.done(),
+                     "the write sent to the writer thread (or, wrongly, committed)")
+        assert not write.done()
+        opening.set()
+        assert await write is True
+        assert all(await pipeline)
+        assert await cache.async_get_cache("p0") == "new"
+
+
+async def test_a_cancelled_leader_still_answers_the_rest_of_its_tick(db_path):
+    async with SQLiteCache(path=db_path) as cache:
+        await _warm(cache)
+        await cache.async_set_cache_pipeline({"a": 1, "b": 2, "c": 3})
+        tasks = [asyncio.ensure_future(cache.async_get_cache(key)) for key in "abc"]
+        await asyncio.sleep(0)  # each task has registered its key; the first leads
+        tasks[0].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [2, 3]
+
+
+async def test_the_loop_thread_never_opens_the_file_or_checkpoints(db_path):
+    loop_thread = threading.get_ident()
+    opened_on: list[int] = []
+    watching = threading.Event()
+
+    def hook(event: str, args: tuple) -> None:
+        if watching.is_set() and event == "sqlite3.connect":
+            opened_on.append(threading.get_ident())
+
+    sys.addaudithook(hook)  # cannot be removed: inert once `watching` is cleared
+    watching.set()
+    try:
+        async with SQLiteCache(path=db_path) as cache:
+            backend = await _warm(cache)
+            loop_connection = backend._loop_connection()
+            assert loop_connection is not None
+            assert loop_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+            assert loop_connection.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+            value = "v" * 100_000
+            for round_ in range(60):  # 6 MB committed on the loop, 4 values per commit
+                flags = await asyncio.gather(*(cache.async_set_cache(f"r{round_}-{n}", value)
+                                               for n in range(4)))
+                assert flags == [True] * 4
+            # The background checkpoint copies the log into the database file.
+            await _until(lambda: os.path.getsize(db_path) > 4 * 1024 * 1024,
+                         "a checkpoint copied the log into the database file")
+    finally:
+        watching.clear()
+    assert opened_on and loop_thread not in opened_on
+
+
+_FORKED = textwrap.dedent("""
+    import asyncio, multiprocessing, sys
+    from asynccache.backends.sqlite import SQLiteCache
+
+    cache = SQLiteCache(path=sys.argv[1])
+
+    async def use(tag):
+        assert await cache.async_set_cache(tag, tag) is True
+        assert await cache.async_get_cache(tag) == tag
+        assert await cache.async_get_cache("parent") == "parent"
+
+    def child():
+        asyncio.run(use("child"))
+
+    async def main():
+        await use("parent")
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join(60)
+        assert process.exitcode == 0, process.exitcode
+        await use("parent-after")
+        assert await cache.async_get_cache("child") == "child"
+        await cache.aclose()
+        print("ok", flush=True)
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_a_forked_child_opens_its_own_connections_and_threads(db_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FORKED, db_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == ["ok"]
