@@ -9,6 +9,7 @@ SIGKILL in the middle of a write burst.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sqlite3
@@ -22,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from asynccache import Cache, ConfigurationError
-from asynccache.backends.sqlite import LOOP_MAX_BYTES, LOOP_MAX_ROWS, SQLiteBackend, SQLiteCache
+from asynccache.backends.sqlite import (
+    LOOP_MAX_BYTES,
+    LOOP_MAX_ROWS,
+    LOOP_SLICE,
+    SQLiteBackend,
+    SQLiteCache,
+)
 from tests.helpers import FakeClock
 
 
@@ -303,20 +310,39 @@ async def _warm(cache: SQLiteCache, *, write: bool = True) -> SQLiteBackend:
     return backend
 
 
-async def test_one_tick_of_gets_and_sets_is_one_query_and_one_commit_on_the_loop(db_path):
+async def test_one_tick_of_gets_is_one_query_and_its_sets_one_commit_per_slice(db_path):
     async with SQLiteCache(path=db_path) as cache:
         backend = await _warm(cache)
         commits, loop_batches, thread_batches = (backend.commits, backend.loop_batches,
                                                  backend.thread_batches)
         flags = await asyncio.gather(*(cache.async_set_cache(f"k{i}", i) for i in range(64)))
         assert flags == [True] * 64
-        assert backend.commits - commits == 1
+        assert backend.commits - commits == 64 // LOOP_SLICE
         reads = backend.read_batches
         got = await asyncio.gather(*(cache.async_get_cache(f"k{i}") for i in range(64)))
         assert got == list(range(64))
         assert backend.read_batches - reads == 1
-        assert backend.loop_batches - loop_batches == 2
+        assert backend.loop_batches - loop_batches == 64 // LOOP_SLICE + 1
         assert backend.thread_batches == thread_batches
+
+
+async def test_a_big_tick_answers_a_slice_of_callers_per_pass_of_the_loop(db_path):
+    async with SQLiteCache(path=db_path) as cache:
+        await _warm(cache)
+        for operation in ("set", "get"):
+            if operation == "set":
+                calls = [cache.async_set_cache(f"k{i}", i) for i in range(64)]
+            else:
+                calls = [cache.async_get_cache(f"k{i}") for i in range(64)]
+            tasks = [asyncio.ensure_future(call) for call in calls]
+            finished = [0]
+            while finished[-1] < len(tasks):
+                await asyncio.sleep(0)  # one pass of the loop
+                finished.append(sum(task.done() for task in tasks))
+            steps = [after - before for before, after in itertools.pairwise(finished)]
+            assert max(steps) == LOOP_SLICE, (operation, steps)
+            results = [task.result() for task in tasks]
+            assert results == ([True] * 64 if operation == "set" else list(range(64)))
 
 
 async def test_big_values_and_big_batches_go_to_the_threads(db_path):

@@ -86,11 +86,14 @@ _EVICT_FRACTION = 0.05
 _PURGE_CHUNK = 5000
 #: The most keys one tick's reads may ask for and still be answered on the loop thread.
 LOOP_MAX_KEYS = 256
-#: The most rows one tick's writes may hold and still be committed on the loop thread.
-LOOP_MAX_ROWS = 128
-#: The most bytes one tick's writes may hold, and the largest value a read may return,
-#: on the loop thread (a 256 KB read or write of cached pages stays well under 1 ms).
-LOOP_MAX_BYTES = 256 * 1024
+#: The most rows one transaction on the loop thread may write.
+LOOP_MAX_ROWS = 64
+#: The most bytes one transaction on the loop thread may write, and the largest value a
+#: read may return there (64 KB of cached pages is tens of microseconds).
+LOOP_MAX_BYTES = 64 * 1024
+#: The most callers answered in one pass of the loop: each resumes in the next pass, so
+#: answering 64 at once would hold that pass for 64 decodes and 64 more calls.
+LOOP_SLICE = 16
 #: Bytes committed on the loop between two background checkpoints (about the 1000
 #: pages at which SQLite would checkpoint by itself).
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -622,6 +625,31 @@ class SQLiteBackend(Backend):
         if tick.reads:
             self._flush_reads(connection, tick.reads)
 
+    def _carry(self, writes: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
+        """Put writes at the front of the next tick (committed in the next pass, before
+        anything registered later: writes are committed in the order they were made)."""
+        loop = asyncio.get_running_loop()
+        tick = self._ticks.get(loop)
+        if tick is None:
+            tick = self._ticks[loop] = _Tick()
+            loop.call_soon(self._flush_carried, loop, tick)
+        tick.writes[:0] = writes
+
+    def _flush_carried(self, loop: asyncio.AbstractEventLoop, tick: _Tick) -> None:
+        if self._ticks.get(loop) is tick:
+            del self._ticks[loop]
+        self._flush(tick)
+
+    @staticmethod
+    def _answer_in_slices(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+        """Answer :data:`LOOP_SLICE` callers now and the rest in the next passes."""
+        for future, result in answers[:LOOP_SLICE]:
+            if not future.done():
+                future.set_result(result)
+        if len(answers) > LOOP_SLICE:
+            asyncio.get_running_loop().call_soon(SQLiteBackend._answer_in_slices,
+                                                 answers[LOOP_SLICE:])
+
     def _loop_connection(self) -> sqlite3.Connection | None:
         """This thread's loop connection; ``None`` while a worker thread opens it."""
         if self._loop_pid != os.getpid():
@@ -650,13 +678,26 @@ class SQLiteBackend(Backend):
 
     def _flush_writes(self, connection: sqlite3.Connection | None,
                       entries: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
-        rows = entries[0][0] if len(entries) == 1 else [r for rows, _ in entries for r in rows]
-        size = sum(len(row[1]) for row in rows)
         writer = self._threads_now().writer
-        if (connection is None or len(rows) > LOOP_MAX_ROWS or size > LOOP_MAX_BYTES
-                or writer.pending):
+        # The first LOOP_SLICE callers' writes, within the bounds, commit now; the rest
+        # in the next pass. A first write over the bounds sends them all to the writer.
+        rows: list[Row] = []
+        size = 0
+        taken = 0
+        for entry_rows, _ in entries[:LOOP_SLICE]:
+            entry_size = sum(len(row[1]) for row in entry_rows)
+            if (len(rows) + len(entry_rows) > LOOP_MAX_ROWS
+                    or size + entry_size > LOOP_MAX_BYTES):
+                break
+            rows.extend(entry_rows)
+            size += entry_size
+            taken += 1
+        if connection is None or not taken or writer.pending:
             self._writes_to_thread(entries)
             return
+        if taken < len(entries):
+            self._carry(entries[taken:])
+            entries = entries[:taken]
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:  # another connection holds the write lock: wait in a thread
@@ -676,7 +717,7 @@ class SQLiteBackend(Backend):
             return
         self.commits += 1
         self.loop_batches += 1
-        for _, future in entries:
+        for _, future in entries:  # at most LOOP_SLICE
             if not future.done():
                 future.set_result(None)
         self._bytes_since_checkpoint += size
@@ -718,9 +759,8 @@ class SQLiteBackend(Backend):
             found[key] = value
         self.read_batches += 1
         self.loop_batches += 1
-        for keys, future in entries:
-            if not future.done():
-                future.set_result([found.get(key) for key in keys])
+        self._answer_in_slices([(future, [found.get(key) for key in keys])
+                                for keys, future in entries])
 
     def _reads_to_thread(self, entries: list[tuple[list[bytes], asyncio.Future[Any]]]) -> None:
         self.thread_batches += 1
