@@ -375,6 +375,10 @@ def _select_sql(count: int) -> str:
             " AND (expires_at IS NULL OR expires_at > ?)")
 
 
+#: The loop's read statement for each number of keys (built once, not per batch).
+_SELECT_SQL = [""] + [_select_sql(count) for count in range(1, LOOP_MAX_KEYS + 1)]
+
+
 class _Readers:
     """Reader threads, each with its own connection, serving one queue of read jobs.
 
@@ -746,19 +750,22 @@ class SQLiteBackend(Backend):
             self._reads_to_thread(entries)
             return
         try:
-            rows = connection.execute(_select_sql(len(wanted)),
+            rows = connection.execute(_SELECT_SQL[len(wanted)],
                                       (LOOP_MAX_BYTES, *wanted, self.clock())).fetchall()
         except sqlite3.Error:  # busy (WAL recovery by another process) or a failure
             self._reads_to_thread(entries)
             return
-        found: dict[bytes, bytes] = {}
-        for key, value in rows:
-            if value is None:  # a value over LOOP_MAX_BYTES
-                self._reads_to_thread(entries)
-                return
-            found[key] = value
+        found: dict[bytes, bytes | None] = dict(rows)
+        if None in found.values():  # a value over LOOP_MAX_BYTES
+            self._reads_to_thread(entries)
+            return
         self.read_batches += 1
         self.loop_batches += 1
+        if len(entries) == 1:  # a lone get: no slices
+            keys, future = entries[0]
+            if not future.done():
+                future.set_result([found.get(key) for key in keys])
+            return
         self._answer_in_slices([(future, [found.get(key) for key in keys])
                                 for keys, future in entries])
 
