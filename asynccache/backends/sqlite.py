@@ -102,6 +102,16 @@ _CHECKPOINT = "checkpoint"
 #: Loop connections a forked child inherited: kept, never used or closed (SQLite must
 #: not close a connection opened by another process).
 _INHERITED: list[sqlite3.Connection] = []
+#: How many forks this process descends from (bumped in each child).
+_FORKS = [0]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 T = TypeVar("T")
 
@@ -504,9 +514,9 @@ class SQLiteBackend(Backend):
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         #: Loop connections by thread id (opened in a worker thread, used on the loop
-        #: thread), for the process in ``_loop_pid``.
+        #: thread), for the process of fork generation ``_loop_generation``.
         self._loop_connections: dict[int, sqlite3.Connection] = {}
-        self._loop_pid = os.getpid()
+        self._loop_generation = _FORKS[0]
         self._opening: set[int] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, _Tick] = {}
         self._page_size = 4096
@@ -656,10 +666,10 @@ class SQLiteBackend(Backend):
 
     def _loop_connection(self) -> sqlite3.Connection | None:
         """This thread's loop connection; ``None`` while a worker thread opens it."""
-        if self._loop_pid != os.getpid():
+        if self._loop_generation != _FORKS[0]:  # a forked child: cheaper than getpid()
             _INHERITED.extend(self._loop_connections.values())
             self._loop_connections, self._opening = {}, set()
-            self._loop_pid = os.getpid()
+            self._loop_generation = _FORKS[0]
         ident = threading.get_ident()
         connection = self._loop_connections.get(ident)
         if connection is None and ident not in self._opening:
@@ -682,7 +692,9 @@ class SQLiteBackend(Backend):
 
     def _flush_writes(self, connection: sqlite3.Connection | None,
                       entries: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
-        writer = self._threads_now().writer
+        # A loop connection exists only once this process's threads do.
+        writer = (self._threads if connection is not None and self._threads is not None
+                  else self._threads_now()).writer
         # The first LOOP_SLICE callers' writes, within the bounds, commit now; the rest
         # in the next pass. A first write over the bounds sends them all to the writer.
         rows: list[Row] = []
