@@ -715,6 +715,8 @@ class SQLiteBackend(Backend):
             self._carry(entries[taken:])
             entries = entries[:taken]
         try:
+            if connection.in_transaction:  # left open by a failed ROLLBACK: never reuse it
+                connection.execute("ROLLBACK")
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:  # another connection holds the write lock: wait in a thread
             self._writes_to_thread(entries)
