@@ -188,6 +188,9 @@ def stored_key(key: str, namespace: str | None) -> str:
     >>> stored_key("b", "a"), stored_key("a:b", None), stored_key("b", None)
     ('a:b', ':a:b', 'b')
     """
+    if namespace is None and type(key) is str and key.isascii() and key:
+        # validate_key's fast case inlined: a hex digest stored as it is (the hot path).
+        return SEPARATOR + key if SEPARATOR in key else key
     key = validate_key(key)
     if namespace is None:
         return SEPARATOR + key if SEPARATOR in key else key
