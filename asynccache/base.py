@@ -9,14 +9,12 @@ coalescing, stats, the fail-open error policy and the sync twins.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import envelope
 from .bridge import register_exit_hook, sync_twin
@@ -71,9 +69,12 @@ DEFAULT_CALL_TYPES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CacheHit:
-    """A value found in the cache, with where and when it came from."""
+class CacheHit(NamedTuple):
+    """A value found in the cache, with where and when it came from (immutable).
+
+    A named tuple rather than a frozen dataclass: a lookup builds one per hit, and a
+    frozen dataclass costs about 0.9 us to build against 0.15 us.
+    """
 
     value: Any
     key: str
@@ -438,7 +439,7 @@ class BaseCache:
         self._check_open()
         ns = self._namespace(namespace)
         stored = self._stored_key(key, ns)
-        data = await self._read_one(stored)
+        data = self._guard.read_one_now(stored) if self._lean else await self._read_one(stored)
         return self._to_hit(stored, data, ns, max_age, self.clock())
 
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
@@ -716,8 +717,7 @@ class BaseCache:
                                     self.clock())
         if semantic_hit is None:
             return None
-        return dataclasses.replace(semantic_hit, similarity=similarity,
-                                   matched_prompt=matched_prompt)
+        return semantic_hit._replace(similarity=similarity, matched_prompt=matched_prompt)
 
     def _similarity_request(self, call_kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         """The request as the similarity side sees it: grouped models under one name, so

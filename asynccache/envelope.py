@@ -26,8 +26,7 @@ import dataclasses
 import enum
 import math
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -58,9 +57,8 @@ _pack_header = _HEADER.pack
 _isfinite = math.isfinite
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A decoded cache entry."""
+class Entry(NamedTuple):
+    """A decoded cache entry (a named tuple: cheap to build on the read path)."""
 
     value: Any
     created_at: float | None
