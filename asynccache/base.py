@@ -21,7 +21,7 @@ from .bridge import register_exit_hook, sync_twin
 from .config import NOT_GIVEN, CacheSettings, NotGiven, resolve_ttl, validate_ttl
 from .contract import Backend, LeaseSupport, SimilaritySearch, WriteItem
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
-from .envelope import EXPIRED, decode_live
+from .envelope import EXPIRED, Miss, decode_live
 from .exceptions import (
     BackendError,
     CacheClosedError,
@@ -408,7 +408,7 @@ class BaseCache:
             tally.misses += 1
             tally.corrupt_entries += 1
             return None
-        if type(value) is envelope.Miss:
+        if type(value) is Miss:
             tally.misses += 1
             if value is EXPIRED:
                 tally.expired += 1
