@@ -14,7 +14,9 @@
   one hop to a thread and back, so the batch runs on the loop thread's own connection
   when it is small (at most :data:`LOOP_MAX_KEYS` keys read, :data:`LOOP_MAX_ROWS`
   rows or :data:`LOOP_MAX_BYTES` bytes written, no value read over
-  :data:`LOOP_MAX_BYTES`). Bigger batches, a database another connection holds locked
+  :data:`LOOP_MAX_BYTES`), and at most :data:`LOOP_SLICE` callers are answered per
+  pass of the loop (the rest of a tick's sets commit in the next passes, in order), so
+  no pass holds the loop for long. Bigger batches, a database another connection holds locked
   (the loop connection never waits: ``busy_timeout`` 0), a write that would go over
   ``max_bytes`` (eviction) and deletes, clears and increments go to the worker threads
   below. WAL checkpoints never run on the loop: its connection has
@@ -93,7 +95,7 @@ LOOP_MAX_ROWS = 64
 LOOP_MAX_BYTES = 64 * 1024
 #: The most callers answered in one pass of the loop: each resumes in the next pass, so
 #: answering 64 at once would hold that pass for 64 decodes and 64 more calls.
-LOOP_SLICE = 16
+LOOP_SLICE = 8
 #: Bytes committed on the loop between two background checkpoints (about the 1000
 #: pages at which SQLite would checkpoint by itself).
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
