@@ -483,3 +483,19 @@ async def test_a_forked_child_opens_its_own_connections_and_threads(db_path):
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert out.decode().split() == ["ok"]
+
+
+async def test_single_sets_on_the_loop_hand_eviction_to_the_writer_thread(db_path):
+    limit = 256 * 1024
+    async with SQLiteCache(path=db_path, max_bytes=limit) as cache:
+        backend = await _warm(cache)
+        value = "x" * 1000
+        loop_batches, thread_batches = backend.loop_batches, backend.thread_batches
+        for i in range(600):  # one at a time: each small enough for the loop
+            assert await cache.async_set_cache(f"k{i}", value) is True
+        assert backend.loop_batches > loop_batches  # most commits ran on the loop
+        assert backend.thread_batches > thread_batches  # those going over the bound did not
+        assert backend.evictions > 0
+        assert await backend._read(backend.used_bytes) <= limit
+        assert await cache.async_get_cache("k599") == value
+        assert await cache.async_get_cache("k0") is None
