@@ -6,22 +6,22 @@
   cut may lose the last commits, a process crash does not).
 * **Per-tick batching.** A get or a set registers in its loop tick's batch and
   suspends once; the first call of the tick yields to the loop, then answers every get
-  of the tick with one ``SELECT ... WHERE key IN (...)`` and commits every set of the
-  tick in one transaction. 64 tasks reading (or writing) at once cost one query (or one
-  commit), not 64, and no call holds the loop across another's.
+  of the tick with one ``SELECT ... WHERE key IN (...)`` and commits the tick's sets
+  together. 64 tasks reading at once cost one query, not 64, and no call holds the loop
+  across another's.
 * **Small work on the loop, big work in threads.** A WAL read of cached pages or a
   ``synchronous=NORMAL`` commit of a few rows costs tens of microseconds, less than
   one hop to a thread and back, so the batch runs on the loop thread's own connection
   when it is small (at most :data:`LOOP_MAX_KEYS` keys read, :data:`LOOP_MAX_ROWS`
   rows or :data:`LOOP_MAX_BYTES` bytes written, no value read over
   :data:`LOOP_MAX_BYTES`), and at most :data:`LOOP_SLICE` callers are answered per
-  pass of the loop (the rest of a tick's sets commit in the next passes, in order), so
-  no pass holds the loop for long. Bigger batches, a database another connection holds locked
-  (the loop connection never waits: ``busy_timeout`` 0), a write that would go over
-  ``max_bytes`` (eviction) and deletes, clears and increments go to the worker threads
-  below. WAL checkpoints never run on the loop: its connection has
-  ``wal_autocheckpoint=0`` and the writer thread checkpoints (``PASSIVE``) in the
-  background as the log grows.
+  pass of the loop (one transaction per slice of sets, the next slices in the next
+  passes, in order), so no pass holds the loop for long. Bigger batches, a database
+  another connection holds locked (the loop connection never waits: ``busy_timeout``
+  0), a write that would go over ``max_bytes`` (eviction) and deletes, clears and
+  increments go to the worker threads below. WAL checkpoints never run on the loop:
+  its connection has ``wal_autocheckpoint=0`` and the writer thread checkpoints
+  (``PASSIVE``) in the background as the log grows.
 * Writes handed to threads go to one writer thread with its own connection. Whatever
   is queued when it wakes up is committed in one transaction (group commit). If any
   write of a group fails, the group is rolled back and replayed write by write, so one
@@ -372,11 +372,13 @@ Row = tuple[bytes, bytes, float | None]
 class _Tick:
     """The reads and writes registered during one loop tick, answered together."""
 
-    __slots__ = ("reads", "writes")
+    __slots__ = ("carried", "reads", "writes")
 
     def __init__(self) -> None:
         self.reads: list[tuple[list[bytes], asyncio.Future[Any]]] = []
         self.writes: list[tuple[list[Row], asyncio.Future[Any]]] = []
+        #: Writes at the front of ``writes`` carried over from earlier ticks.
+        self.carried = 0
 
 
 def _select_sql(count: int) -> str:
@@ -642,14 +644,16 @@ class SQLiteBackend(Backend):
             self._flush_reads(connection, tick.reads)
 
     def _carry(self, writes: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
-        """Put writes at the front of the next tick (committed in the next pass, before
-        anything registered later: writes are committed in the order they were made)."""
+        """Put writes at the front of the next tick, after those carried before them
+        (committed in the next pass, before anything registered later: writes are
+        committed in the order they were made)."""
         loop = asyncio.get_running_loop()
         tick = self._ticks.get(loop)
         if tick is None:
             tick = self._ticks[loop] = _Tick()
             loop.call_soon(self._flush_carried, loop, tick)
-        tick.writes[:0] = writes
+        tick.writes[tick.carried:tick.carried] = writes
+        tick.carried += len(writes)
 
     def _flush_carried(self, loop: asyncio.AbstractEventLoop, tick: _Tick) -> None:
         if self._ticks.get(loop) is tick:
