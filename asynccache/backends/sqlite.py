@@ -70,8 +70,8 @@ from ..exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT", "DEFAULT_MAX_BYTES", "DEFAULT_PATH", "DEFAULT_PURGE_INTERVAL",
-    "DEFAULT_READERS", "LOOP_MAX_BYTES", "LOOP_MAX_KEYS", "LOOP_MAX_ROWS", "MAX_GROUP",
-    "SQLiteBackend", "SQLiteCache",
+    "DEFAULT_READERS", "LOOP_MAX_BYTES", "LOOP_MAX_KEYS", "LOOP_MAX_ROWS", "LOOP_SLICE",
+    "MAX_GROUP", "SQLiteBackend", "SQLiteCache",
 ]
 
 DEFAULT_PATH = "./.asynccache.db"
