@@ -284,36 +284,39 @@ class BaseCache:
 
     async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
         queue = self._queue
+        if queue is None:
+            return await self._read_from_backend(stored)
         found: list[bytes | None] = [None] * len(stored)
         missing: list[int] = []
         for index, key in enumerate(stored):
-            queued = queue.lookup(key) if queue is not None else None
+            queued = queue.lookup(key)
             if queued is not None:
                 found[index] = queued[1]
             else:
                 missing.append(index)
         if not missing:
             return found
-        if len(missing) == 1 and self._coalescer is not None:
-            found[missing[0]] = await self._coalescer.get(stored[missing[0]])
-            return found
-        keys = [stored[i] for i in missing]
-        step = self.backend.max_batch
-        results: list[bytes | None] = []
-        for start in range(0, len(keys), step):
-            chunk = keys[start : start + step]
-            if self._lean:
-                ok, got = self._guard.run_now("get", self._get_now, chunk, None,
-                                              len(chunk))
-                results.extend(got if ok and got is not None and len(got) == len(chunk)
-                               else [None] * len(chunk))
-            else:
-                results.extend(await self._guard.get_many(chunk))
+        results = await self._read_from_backend([stored[i] for i in missing])
         if len(missing) == len(stored):
             return results
         for index, data in zip(missing, results, strict=True):
             found[index] = data
         return found
+
+    async def _read_from_backend(self, keys: Sequence[str]) -> list[bytes | None]:
+        # Past the write-behind queue: the coalescer for a lone key, else batches.
+        if len(keys) == 1 and self._coalescer is not None:
+            return [await self._coalescer.get(keys[0])]
+        step = self.backend.max_batch
+        if len(keys) > step:
+            results: list[bytes | None] = []
+            for start in range(0, len(keys), step):
+                results.extend(await self._read_from_backend(keys[start : start + step]))
+            return results
+        if self._lean:
+            ok, got = self._guard.run_now("get", self._get_now, keys, None, len(keys))
+            return got if ok and got is not None and len(got) == len(keys) else [None] * len(keys)
+        return await self._guard.get_many(keys)
 
     def _decode_many(self, found: Sequence[bytes | None], namespace: str | None,
                      max_age: float | None, now: float) -> list[envelope.Entry | None]:
