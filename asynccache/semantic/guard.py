@@ -22,6 +22,14 @@ what changes the answer and rejects the candidate when they differ in:
   such pairs as high as true paraphrases (often above 0.9), so no threshold separates
   them; the price is that a rewording which only swaps a word for a synonym, leaving
   every other word in place, is a miss.
+* ``focus``: below ``focus_below`` similarity (default 0.8), two questions on one topic
+  that ask about different things ("What is the *history* of jazz?" vs "What
+  *instruments* are used in jazz?"): they share a content word but each carries content
+  words the other lacks (after case, stop words, request words such as "explain" or
+  "tips", plural and tense endings, and common synonyms). Below that similarity a
+  candidate is served only when its content words align with the question's, or when
+  it is a complete rewording sharing none of them (the embedding alone vouches for it).
+  Above it the embedding is trusted on wording, as before.
 
 It is pure, local and offline: regular expressions and small (English) word lists, tens
 of microseconds per candidate (a few hundred when both texts are new). In other
@@ -57,18 +65,22 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 
 __all__ = [
-    "CHECKS", "Judge", "SemanticGuard", "SemanticVerifier", "features", "parse_guard",
-    "parse_judge",
+    "CHECKS", "DEFAULT_FOCUS_BELOW", "Judge", "SemanticGuard", "SemanticVerifier", "features",
+    "parse_guard", "parse_judge",
 ]
 
 logger = logging.getLogger("asynccache")
 
 #: Every check, in the order they run (the first failing one names the rejection).
 CHECKS: tuple[str, ...] = ("quoted", "identifiers", "numbers", "units", "negation", "order",
-                           "entities", "substitution")
+                           "entities", "substitution", "focus")
+
+#: Below this similarity the ``focus`` check demands that the content words align.
+DEFAULT_FOCUS_BELOW = 0.8
 
 # -- word lists ---------------------------------------------------------------------------
 
@@ -163,6 +175,30 @@ best good better please tell explain give show find help need want know let like
 quoted
 """.split())  # noqa: SIM905 (a word list reads better as text)
 
+# Words that phrase a request without saying what it asks about ("Explain X", "tips for
+# X", "the best way to X", "how does X work"): the focus check ignores them.
+_REQUEST_WORDS = frozenset("""
+explain explained describe define definition tell show give list way ways reason reasons tip
+tips advice strategy strategies step steps process method methods proper right correct
+effective effectively easy easily simple simply quick quickly mean means meaning meant does
+did done happen happens actually really exactly basically possible someone something thing
+things use using used make makes making get getting go going work works working guide
+overview summary summarize summarise difference different differ compare comparison
+""".split())  # noqa: SIM905
+
+# Common equivalences the focus check treats as one word (after the crude stem).
+_EQUIVALENCES = (
+    "fix repair mend", "bike bicycle", "tyre tire", "car vehicle automobile",
+    "phone smartphone cellphone mobile", "holiday vacation", "autumn fall", "film movie",
+    "kid child children", "buy purchase", "begin start", "big large huge",
+    "small little tiny", "reduce lower decrease", "stop prevent avoid", "remove eliminate",
+    "fast quick rapid", "job career", "doctor physician", "house home", "cv resume",
+    "rule guideline", "benefit advantage", "drawback disadvantage downside",
+    "cost price", "error mistake", "ill sick", "illness disease", "pc computer",
+    "laptop notebook", "photo picture", "learn study", "choose pick select", "quit leave",
+)
+_CANONICAL = {word: group.split()[0] for group in _EQUIVALENCES for word in group.split()}
+
 # -- text features -------------------------------------------------------------------------
 
 _QUOTED = re.compile(
@@ -201,6 +237,7 @@ class _Features:
     ordered: frozenset[tuple[str, str]]
     entities: frozenset[str]
     tokens: tuple[str, ...]
+    content: frozenset[str]
 
 
 def _format_number(value: float) -> str:
@@ -367,6 +404,11 @@ def features(text: str) -> _Features:
         initials="".join(w[0] for w in plain if w[0].isalpha()),
         ordered=_ordered_pairs(lowered), entities=_entities(rest),
         tokens=tuple(_stem(w) for w in plain),
+        content=frozenset(
+            _CANONICAL.get(w, _CANONICAL.get(_stem(w), _stem(w))) for w in plain
+            if _is_content(w) and w not in _REQUEST_WORDS and w not in _NEGATIONS
+            and w != "quoted"
+        ),
     )
 
 
@@ -425,7 +467,8 @@ class SemanticGuard:
     :meth:`check` returns ``None`` to accept, or the name of the failing check.
     """
 
-    def __init__(self, checks: Iterable[str] = CHECKS) -> None:
+    def __init__(self, checks: Iterable[str] = CHECKS, *,
+                 focus_below: float = DEFAULT_FOCUS_BELOW) -> None:
         chosen = tuple(checks)
         unknown = [c for c in chosen if c not in CHECKS]
         if unknown:
@@ -433,23 +476,29 @@ class SemanticGuard:
                 f"unknown semantic guard check(s) {unknown}; choose from {list(CHECKS)}"
             )
         self.checks = tuple(c for c in CHECKS if c in chosen)
+        self.focus_below = validate_threshold(focus_below, "focus_below")
 
     def check(self, query: str, candidate: str, similarity: float | None = None) -> str | None:
         """``None`` if ``candidate``'s request asks what ``query`` asks, else the reason.
 
-        ``similarity`` is the store's cosine similarity (unused by the built-in checks; part
-        of the interface so a subclass can relax checks for near-identical texts).
+        ``similarity`` is the store's cosine similarity: the ``focus`` check only runs
+        below ``focus_below`` (and not at all when it is ``None``).
         """
         a, b = features(query), features(candidate)
         if a.normalised == b.normalised:
             return None
         for name in self.checks:
-            if _FAILS[name](a, b):
+            if name == "focus":
+                if similarity is not None and similarity < self.focus_below and (
+                    _fails_focus(a, b)
+                ):
+                    return name
+            elif _FAILS[name](a, b):
                 return name
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"checks": list(self.checks)}
+        return {"checks": list(self.checks), "focus_below": self.focus_below}
 
 
 def _fails_negation(a: _Features, b: _Features) -> bool:
@@ -476,6 +525,28 @@ _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
 
 
 _MAX_SWAP = 3
+
+
+def _same_root(x: str, y: str) -> bool:
+    """Whether two stemmed words are one word in another form ("procrastinat" and
+    "procrastination", "minimalism" and "minimalist")."""
+    if x == y:
+        return True
+    shorter, longer = (x, y) if len(x) <= len(y) else (y, x)
+    if len(shorter) >= 4 and longer.startswith(shorter) and len(longer) - len(shorter) <= 4:
+        return True
+    return len(shorter) >= 6 and shorter[:6] == longer[:6]
+
+
+def _fails_focus(a: _Features, b: _Features) -> bool:
+    """One topic, different questions: the texts share content words, and one of them
+    carries at least as many content words the other lacks ("history of jazz" vs
+    "instruments used in jazz"; "paint a room" vs "choose paint colours for a room").
+    Texts sharing no content word at all are left to the embedding (a full rewording)."""
+    own_a = {x for x in a.content if not any(_same_root(x, y) for y in b.content)}
+    own_b = {y for y in b.content if not any(_same_root(x, y) for x in a.content)}
+    shared = min(len(a.content) - len(own_a), len(b.content) - len(own_b))
+    return shared > 0 and max(len(own_a), len(own_b)) >= shared
 
 
 def _swapped_words(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
