@@ -90,6 +90,29 @@ def test_more_differences_that_change_the_answer(a, b, reason):
     assert SemanticGuard().check(a, b) == reason
 
 
+# Below ``focus_below`` (0.8) one topic asked about differently is rejected; a rewording
+# whose content words align, or one sharing none of them, is left to the embedding.
+@pytest.mark.parametrize(("a", "b", "verdict"), [
+    ("What is the history of jazz?", "What are the instruments used in jazz?", "focus"),
+    ("How do I paint a room?", "How do I choose paint colors for a room?", "focus"),
+    ("How do I take care of a puppy?", "How do I choose a puppy from a litter?", "focus"),
+    ("How do I fix a flat bicycle tire?", "How can I repair a punctured bike tyre?", None),
+    ("What is the difference between weather and climate?",
+     "How is climate different from weather?", None),
+    ("How do airplanes stay in the air?", "What keeps a plane flying?", None),
+])
+def test_focus_rejects_one_topic_asked_about_differently(a, b, verdict):
+    guard = SemanticGuard()
+    assert guard.check(b, a, 0.7) == verdict
+    assert guard.check(a, b, 0.7) == verdict
+    # At or above focus_below the embedding is trusted on wording, and the check needs
+    # a similarity to run at all.
+    assert guard.check(b, a, 0.8) is None
+    assert guard.check(b, a) is None
+    assert SemanticGuard(focus_below=0.9).check(b, a, 0.85) == verdict
+    assert guard.describe()["focus_below"] == 0.8
+
+
 def test_identical_texts_and_case_or_spacing_differences_pass():
     guard = SemanticGuard()
     assert guard.check("What is 2 + 2?", "what is  2 + 2") is None
@@ -98,6 +121,8 @@ def test_identical_texts_and_case_or_spacing_differences_pass():
 def test_bad_guard_settings_raise_naming_them():
     with pytest.raises(ConfigurationError, match="unknown semantic guard check"):
         SemanticGuard(["numbers", "spelling"])
+    with pytest.raises(ConfigurationError, match="focus_below"):
+        SemanticGuard(focus_below=1.5)
     with pytest.raises(ConfigurationError, match="semantic_guard"):
         Cache(semantic_guard="yes")
     with pytest.raises(ConfigurationError, match="semantic_judge"):
@@ -180,6 +205,35 @@ async def test_paraphrases_still_hit_with_the_guard_on(make):
     assert cache.stats()["semantic"]["accepted"] == len(PARAPHRASES)
     cache.reset_stats()
     assert cache.stats()["semantic"]["candidates"] == 0
+
+
+async def test_the_guard_looks_past_a_rejected_nearest_candidate(make):
+    # The nearest stored question is the hard negative (the sides swapped, similarity
+    # 0.99); the right answer (0.90) is second nearest. One vector query returns both,
+    # the guard rejects the first and the second is served.
+    cache = make(similarity_threshold=0.8)
+    wrong = "How do I convert Fahrenheit to Celsius?"
+    right = "What's the formula to go from Celsius to Fahrenheit?"
+    for stored in (wrong, right):
+        await cache.async_store(chat(stored), chat_completion(stored))
+    asked = chat("How do I convert Celsius to Fahrenheit?")
+    hit = await cache.async_lookup(asked)
+    assert hit is not None and hit.matched_prompt == right
+    semantic = cache.stats()["semantic"]
+    assert semantic["candidates"] == 2 and semantic["accepted"] == 1
+    assert semantic["rejected_by"] == {"order": 1}
+    # With one candidate only, the rejected nearest one is a miss.
+    single = make(similarity_threshold=0.8, semantic_candidates=1, namespace="single")
+    for stored in (wrong, right):
+        await single.async_store(chat(stored), chat_completion(stored))
+    assert await single.async_lookup(asked) is None
+    assert single.stats()["semantic"]["rejected_by"] == {"order": 1}
+
+
+def test_semantic_candidates_must_be_a_small_positive_int():
+    for bad in (0, 101, 2.5, True, "3"):
+        with pytest.raises(ConfigurationError, match="semantic_candidates"):
+            Cache(type="qdrant-semantic", qdrant_location=":memory:", semantic_candidates=bad)
 
 
 async def test_judge_sees_question_candidate_and_score_and_can_refuse(make):

@@ -626,21 +626,37 @@ class SemanticVerifier:
         self._rejected: Counter[str] = Counter()
         self._guard_seconds = 0.0
 
+    def screen(self, query: str, candidate: str, similarity: float) -> str | None:
+        """The guard's verdict on one of several candidates, before the one to serve is
+        chosen: a rejection is counted here, an acceptance is left to :meth:`verify`
+        (which runs once on the chosen candidate, judge included)."""
+        if self.guard is None:
+            return None
+        reason = self._run_guard(query, candidate, similarity)
+        if reason is not None:
+            with self._lock:
+                self._counts["candidates"] += 1
+                self._rejected[reason] += 1
+        return reason
+
+    def _run_guard(self, query: str, candidate: str, similarity: float) -> str | None:
+        assert self.guard is not None
+        started = time.perf_counter()
+        try:
+            reason = self.guard.check(query, candidate, similarity)
+        except Exception:  # a custom guard's bug is a miss, never a failed call
+            logger.warning("semantic guard failed; the candidate is treated as a miss",
+                           exc_info=True)
+            reason = "guard_error"
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._guard_seconds += elapsed
+            self._counts["guard_checks"] += 1
+        return reason
+
     async def verify(self, query: str, candidate: str, similarity: float) -> str | None:
         """``None`` to serve the candidate, else the reason it is rejected (counted)."""
-        reason: str | None = None
-        if self.guard is not None:
-            started = time.perf_counter()
-            try:
-                reason = self.guard.check(query, candidate, similarity)
-            except Exception:  # a custom guard's bug is a miss, never a failed call
-                logger.warning("semantic guard failed; the candidate is treated as a miss",
-                               exc_info=True)
-                reason = "guard_error"
-            elapsed = time.perf_counter() - started
-            with self._lock:
-                self._guard_seconds += elapsed
-                self._counts["guard_checks"] += 1
+        reason = None if self.guard is None else self._run_guard(query, candidate, similarity)
         if reason is None and self.judge is not None:
             reason = await self._ask_judge(query, candidate, similarity)
         with self._lock:
