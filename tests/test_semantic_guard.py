@@ -85,9 +85,27 @@ def test_rewordings_that_keep_what_matters_are_accepted(stored, asked):
     ("What does the --force flag do?", "What does the --dry-run flag do?", "identifiers"),
     ("Who founded Amazon?", "Who founded Netflix?", "entities"),
     ("How long do cats live?", "How long do cats sleep?", "substitution"),
+    # The same sentence with content words added asks a narrower question.
+    ("What is the best laptop for students?", "What is the best laptop bag for students?",
+     "substitution"),
+    # The opening question word says what kind of answer is wanted.
+    ("What is the plot of The Great Gatsby?", "Who wrote The Great Gatsby?", "answer_type"),
+    ("What are the symptoms of a cold?", "How long does a cold last?", "answer_type"),
+    ("Where was the Eiffel Tower built?", "When was the Eiffel Tower built?", "answer_type"),
 ])
 def test_more_differences_that_change_the_answer(a, b, reason):
     assert SemanticGuard().check(a, b) == reason
+    assert SemanticGuard().check(b, a) == reason
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("When was it built?", "What year was it constructed?"),   # both ask for a time
+    ("Convert 5 km to miles", "How many miles is 5 kilometers?"),  # an imperative
+    ("Can you describe impostor syndrome?", "What is impostor syndrome?"),  # yes/no form
+    ("So who painted the Mona Lisa?", "Who painted the Mona Lisa?"),
+])
+def test_answer_type_compares_only_questions_opening_with_a_question_word(a, b):
+    assert SemanticGuard(["answer_type"]).check(a, b) is None
 
 
 # Below ``focus_below`` (0.8) one topic asked about differently is rejected; a rewording

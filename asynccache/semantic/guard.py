@@ -17,11 +17,17 @@ what changes the answer and rejects the candidate when they differ in:
   ``from X to Y``, ``X into Y``, ``X than Y``);
 * ``entities``: names (capitalised words inside a sentence, acronyms: ``Austria`` vs
   ``Australia``);
+* ``answer_type``: two questions opening with question words that ask for different
+  kinds of answer (*who*: a person, *when* / *what year*: a time, *where*: a place, *how
+  many* / *how much*: a quantity, *how long*: a duration, any other: open): "What is the
+  plot of X?" vs "Who wrote X?". Statements, imperatives and yes/no questions are not
+  compared;
 * ``substitution``: the same sentence with a few content words swapped for others
-  ("How do I *treat* a sunburn?" vs "How do I *prevent* a sunburn?"). Embeddings score
-  such pairs as high as true paraphrases (often above 0.9), so no threshold separates
-  them; the price is that a rewording which only swaps a word for a synonym, leaving
-  every other word in place, is a miss.
+  ("How do I *treat* a sunburn?" vs "How do I *prevent* a sunburn?"), or added to it
+  ("the best laptop" vs "the best laptop *bag*"). Embeddings score such pairs as high as
+  true paraphrases (often above 0.9), so no threshold separates them; the price is that
+  a rewording which only swaps a word for a synonym, leaving every other word in place,
+  is a miss;
 * ``focus``: below ``focus_below`` similarity (default 0.8), two questions on one topic
   that ask about different things ("What is the *history* of jazz?" vs "What
   *instruments* are used in jazz?"): they share a content word but each carries content
@@ -77,7 +83,7 @@ logger = logging.getLogger("asynccache")
 
 #: Every check, in the order they run (the first failing one names the rejection).
 CHECKS: tuple[str, ...] = ("quoted", "identifiers", "numbers", "units", "negation", "order",
-                           "entities", "substitution", "focus")
+                           "entities", "answer_type", "substitution", "focus")
 
 #: Below this similarity the ``focus`` check demands that the content words align.
 DEFAULT_FOCUS_BELOW = 0.8
@@ -199,6 +205,29 @@ _EQUIVALENCES = (
 )
 _CANONICAL = {word: group.split()[0] for group in _EQUIVALENCES for word in group.split()}
 
+# The kind of answer a question opening with these words asks for; any other opening
+# question word ("what", "which", "why", "how") asks an open question.
+_ANSWER_TYPES = (
+    (re.compile(r"(?:who|whom|whose)\b"), "person"),
+    (re.compile(r"(?:when\b|(?:what|which) (?:year|date|time|day|month|century)\b)"), "time"),
+    (re.compile(r"where\b"), "place"),
+    (re.compile(r"how (?:many|much)\b"), "quantity"),
+    (re.compile(r"how long\b"), "duration"),
+    (re.compile(r"(?:what|which|why|how)\b|what's\b"), "open"),
+)
+_LEAD_IN = re.compile(r"^(?:(?:and|so|but|also|then|ok|okay|please|hey|hi)\b[\s,]*)*")
+
+
+def _answer_type(lowered: str) -> str | None:
+    """What a text opening with a question word asks for, else ``None`` (statements,
+    imperatives and yes/no questions are not compared)."""
+    start = _LEAD_IN.sub("", lowered.lstrip(" \"'(\u201c"))
+    for pattern, kind in _ANSWER_TYPES:
+        if pattern.match(start):
+            return kind
+    return None
+
+
 # -- text features -------------------------------------------------------------------------
 
 _QUOTED = re.compile(
@@ -238,6 +267,7 @@ class _Features:
     entities: frozenset[str]
     tokens: tuple[str, ...]
     content: frozenset[str]
+    answer_type: str | None
 
 
 def _format_number(value: float) -> str:
@@ -409,6 +439,7 @@ def features(text: str) -> _Features:
             if _is_content(w) and w not in _REQUEST_WORDS and w not in _NEGATIONS
             and w != "quoted"
         ),
+        answer_type=_answer_type(lowered),
     )
 
 
@@ -520,6 +551,8 @@ _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
     "negation": _fails_negation,
     "order": _fails_order,
     "entities": lambda a, b: _missing_entity(a.entities, b) or _missing_entity(b.entities, a),
+    "answer_type": lambda a, b: (a.answer_type is not None and b.answer_type is not None
+                                 and a.answer_type != b.answer_type),
     "substitution": lambda a, b: _swapped_words(a.tokens, b.tokens),
 }
 
@@ -551,7 +584,7 @@ def _fails_focus(a: _Features, b: _Features) -> bool:
 
 def _swapped_words(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """Whether ``a`` and ``b`` are one sentence with a span of a few words replaced by
-    another span whose content words are all different."""
+    another span whose content words are all different, or with content words added."""
     shortest = min(len(a), len(b))
     prefix = 0
     while prefix < shortest and a[prefix] == b[prefix]:
@@ -562,12 +595,15 @@ def _swapped_words(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     if prefix + suffix < 2:
         return False  # no shared sentence around the change
     left, right = a[prefix: len(a) - suffix], b[prefix: len(b) - suffix]
-    if not (1 <= len(left) <= _MAX_SWAP and 1 <= len(right) <= _MAX_SWAP):
+    if not (len(left) <= _MAX_SWAP and len(right) <= _MAX_SWAP and (left or right)):
         return False
-    left_content = [w for w in left if _is_content(w)]
-    right_content = [w for w in right if _is_content(w)]
+    left_content = [w for w in left if _is_content(w) and w not in _REQUEST_WORDS]
+    right_content = [w for w in right if _is_content(w) and w not in _REQUEST_WORDS]
+    if not (left_content and right_content):
+        # Content words added to the same sentence narrow the question.
+        return bool(left_content or right_content)
     # Words that share a root ("unsafe" / "safe") are left to the negation check.
-    return bool(left_content and right_content) and not any(
+    return not any(
         x.endswith(y) or y.endswith(x) for x in left_content for y in right_content
     )
 
