@@ -203,10 +203,13 @@ def markdown(report: dict[str, Any]) -> str:
             table = figures[mode]
             kinds = table["by_kind"]
             worst = max(kinds[k]["false_hit_rate"] for k in HARD_NEGATIVE_KINDS)
+            named = ", ".join(k for k in HARD_NEGATIVE_KINDS
+                              if worst and kinds[k]["false_hit_rate"] == worst)
             lines.append(
                 f"| {store} | {'on' if mode == 'guard' else 'off'} | {table['precision']:.3f} "
                 f"| {table['recall']:.3f} | {kinds['paraphrase']['recall']:.3f} | "
-                f"{worst:.3f} | {kinds['near_topic']['false_hit_rate']:.3f} |"
+                f"{worst:.3f}{f' ({named})' if named else ''} | "
+                f"{kinds['near_topic']['false_hit_rate']:.3f} |"
             )
     lines += ["", "Per kind (test half; recall over same pairs, false-hit rate over "
               "different pairs):", "",
