@@ -13,7 +13,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from asynccache import Cache, ConfigurationError
+from asynccache import Cache, ConfigurationError, parse_controls
 from asynccache.semantic import LocalEmbedder
 from asynccache.semantic.guard import CHECKS, SemanticGuard, SemanticVerifier
 from tests.conftest import contract_backends
@@ -210,6 +210,58 @@ async def test_every_hard_negative_kind_is_a_miss_and_counted(make):
     assert semantic["rejected_by"] == {reason: 1 for _, _, reason in HARD_NEGATIVES}
     assert semantic["accepted"] == 0
     assert unguarded.stats()["semantic"]["guard"] is None
+
+
+# One pair of each hard-negative kind of the labelled data set (from its dev half), with
+# the check that rejects it; similarities 0.6 to 0.99 with the local model.
+DATA_SET_KINDS = [
+    ("numbers_units", "Can I take 400 mg of ibuprofen?", "Can I take 800 mg of ibuprofen?",
+     "numbers"),
+    ("negation", "Which birds can fly?", "Which birds can't fly?", "negation"),
+    ("order", "Is gold heavier than lead?", "Is lead heavier than gold?", "order"),
+    ("entities", "Where was Mozart born?", "Where was Beethoven born?", "entities"),
+    ("quoted", 'What rhymes with "orange"?', 'What rhymes with "silver"?', "quoted"),
+    ("identifiers", "How do I use pandas.merge?", "How do I use pandas.concat?",
+     "identifiers"),
+    ("near_topic", "What is the history of jazz?", "What are the instruments used in jazz?",
+     "focus"),
+    ("near_topic", "What is the plot of The Great Gatsby?", "Who wrote The Great Gatsby?",
+     "answer_type"),
+]
+
+
+async def test_each_hard_negative_kind_of_the_data_set_is_a_miss(make):
+    guarded, unguarded = make(), make(semantic_guard=False)
+    for index, (kind, stored, asked, _) in enumerate(DATA_SET_KINDS):
+        controls = parse_controls({"namespace": f"kind{index}"})
+        for cache in (guarded, unguarded):
+            await cache.async_store(chat(stored), chat_completion(stored), controls=controls)
+        raw = await unguarded.async_lookup(chat(asked), controls=controls)
+        assert raw is not None and raw.matched_prompt == stored, kind
+        assert await guarded.async_lookup(chat(asked), controls=controls) is None, kind
+    expected: dict[str, int] = {}
+    for *_, reason in DATA_SET_KINDS:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert guarded.stats()["semantic"]["rejected_by"] == expected
+
+
+async def test_a_follow_up_matches_only_within_the_same_conversation(make):
+    def follow_up(capital_of, text):
+        return {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": f"What is the capital of {capital_of}?"},
+            {"role": "assistant", "content": f"(the capital of {capital_of})"},
+            {"role": "user", "content": text}]}
+
+    for settings in ({}, {"semantic_guard": False}):
+        cache = make(**settings)
+        await cache.async_store(follow_up("Peru", "What is its population?"),
+                                chat_completion("about 10 million"))
+        # The earlier turns are part of the exact filter: another conversation's
+        # identical follow-up is never even a candidate, guard or not.
+        assert await cache.async_lookup(follow_up("Chile", "What is its population?")) is None
+        hit = await cache.async_lookup(follow_up("Peru", "What's its population?"))
+        assert hit is not None and hit.matched_prompt == "What is its population?"
+        assert cache.stats()["semantic"]["rejected_by"] == {}
 
 
 async def test_paraphrases_still_hit_with_the_guard_on(make):
