@@ -9,20 +9,19 @@ coalescing, stats, the fail-open error policy and the sync twins.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import envelope
 from .bridge import register_exit_hook, sync_twin
 from .config import NOT_GIVEN, CacheSettings, NotGiven, resolve_ttl, validate_ttl
 from .contract import Backend, LeaseSupport, SimilaritySearch, WriteItem
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
+from .envelope import EXPIRED, decode_live
 from .exceptions import (
     BackendError,
     CacheClosedError,
@@ -70,9 +69,12 @@ DEFAULT_CALL_TYPES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CacheHit:
-    """A value found in the cache, with where and when it came from."""
+class CacheHit(NamedTuple):
+    """A value found in the cache, with where and when it came from (immutable).
+
+    A named tuple rather than a frozen dataclass: a lookup builds one per hit, and a
+    frozen dataclass costs about 0.9 us to build against 0.15 us.
+    """
 
     value: Any
     key: str
@@ -222,9 +224,8 @@ class BaseCache:
         self._lean = self._sync_inline
         if self._lean:
             self._get_now = sync_primitive(backend, "read_many")
-            self._get_one_now = sync_primitive(backend, "read_one")
-            self._set_one_now = sync_primitive(backend, "write_one")
             self._set_now = sync_primitive(backend, "write_many")
+            self._remove_now = sync_primitive(backend, "remove_many")
 
         self.request_store = _request_store(self, settings.record_requests)
         self.persist_savings = bool(settings.persist_savings)
@@ -277,7 +278,7 @@ class BaseCache:
         if self._coalescer is not None:
             return await self._coalescer.get(stored)
         if self._lean:
-            return self._guard.run_now("get", self._get_one_now, stored, None)[1]
+            return self._guard.read_one_now(stored)
         return (await self._guard.get_many([stored]))[0]
 
     async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
@@ -395,21 +396,24 @@ class BaseCache:
         if self._closed:
             self._check_open()
         ns = self.namespace if namespace is NOT_GIVEN else namespace
-        data = self._guard.run_now("get", self._get_one_now, self._stored_key(key, ns), None)[1]
+        stored = stored_key(key, ns)
+        data = self._guard.read_one_now(stored)
         tally = self._stats.tally(ns)
         if data is None:
             tally.misses += 1
             return None
         try:
-            value = envelope.decode_live(data, self.clock(), max_age, self._protection)
+            value = decode_live(data, self.clock(), max_age, self._protection)
         except envelope.CorruptEntry:
             tally.misses += 1
             tally.corrupt_entries += 1
             return None
-        if value is envelope.EXPIRED or value is envelope.TOO_OLD:
+        if type(value) is envelope.Miss:
             tally.misses += 1
-            if value is envelope.EXPIRED:
+            if value is EXPIRED:
                 tally.expired += 1
+                # An in-process store keeps no expiry of its own: drop the dead entry.
+                self._guard.run_now("delete", self._remove_now, (stored,), 0)
             return None
         tally.hits += 1
         tally.bytes_read += len(data)
@@ -435,7 +439,7 @@ class BaseCache:
         self._check_open()
         ns = self._namespace(namespace)
         stored = self._stored_key(key, ns)
-        data = await self._read_one(stored)
+        data = self._guard.read_one_now(stored) if self._lean else await self._read_one(stored)
         return self._to_hit(stored, data, ns, max_age, self.clock())
 
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
@@ -457,6 +461,8 @@ class BaseCache:
         A backend failure, an expired entry or an entry that cannot be decoded is a miss
         (and counted in :meth:`stats`), never an exception.
         """
+        if self._lean:  # no second coroutine on the in-process hot path
+            return self._value_now(key, namespace, max_age)
         return await self._get_value(key, namespace, max_age)
 
     async def async_batch_get_entries(
@@ -516,15 +522,7 @@ class BaseCache:
     def _write_now(self, items: Sequence[WriteItem], namespace: str | None) -> list[bool]:
         # The lean path of in-process backends: the primitive runs in the caller.
         if len(items) == 1:
-            item = items[0]
-            ok, stored = self._guard.run_now("set", self._set_one_now, item, False)
-            tally = self._stats.tally(namespace)
-            tally.bytes_written += len(item[1])
-            if ok and stored:
-                tally.sets += 1
-                return [True]
-            tally.set_failures += 1
-            return [False]
+            return [self._write_one_now(items[0], namespace)]
         step = self.backend.max_batch
         results: list[bool] = []
         for start in range(0, len(items), step):
@@ -539,6 +537,16 @@ class BaseCache:
                 results.extend(outcome)
         self._count_writes(namespace, results, sum(len(item[1]) for item in items))
         return results
+
+    def _write_one_now(self, item: WriteItem, namespace: str | None) -> bool:
+        stored = self._guard.write_one_now(item)
+        tally = self._stats.tally(namespace)
+        tally.bytes_written += len(item[1])
+        if stored:
+            tally.sets += 1
+        else:
+            tally.set_failures += 1
+        return stored
 
     def _count_writes(self, namespace: str | None, results: list[bool], written: int) -> None:
         stored = sum(results)
@@ -559,9 +567,12 @@ class BaseCache:
         :class:`~asynccache.exceptions.SerializationError` naming the key; a backend
         failure returns ``False`` (counted and logged), never raises.
         """
-        self._check_open()
-        ns = self._namespace(namespace)
+        if self._closed:
+            self._check_open()
+        ns = self.namespace if namespace is NOT_GIVEN else namespace
         item = self._encode(key, value, ttl, ns, self.clock())
+        if self._lean:
+            return self._write_one_now(item, ns)
         return (await self._write([item], ns))[0]
 
     async def async_set_cache_pipeline(
@@ -706,8 +717,7 @@ class BaseCache:
                                     self.clock())
         if semantic_hit is None:
             return None
-        return dataclasses.replace(semantic_hit, similarity=similarity,
-                                   matched_prompt=matched_prompt)
+        return semantic_hit._replace(similarity=similarity, matched_prompt=matched_prompt)
 
     def _similarity_request(self, call_kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         """The request as the similarity side sees it: grouped models under one name, so

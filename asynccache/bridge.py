@@ -371,11 +371,11 @@ class sync_twin(Generic[P, R]):
     def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        async_method = getattr(obj, self._async_name)
         if getattr(obj, "_sync_inline", False):
-            run: Callable[[Coroutine[Any, Any, Any]], Any] = run_inline
-        elif getattr(obj, "_sync_on_caller_thread", False):
-            run = run_on_caller_thread
+            return self._inline_twin(obj)
+        async_method = getattr(obj, self._async_name)
+        if getattr(obj, "_sync_on_caller_thread", False):
+            run: Callable[[Coroutine[Any, Any, Any]], Any] = run_on_caller_thread
         else:
             run = run_sync
 
@@ -384,6 +384,23 @@ class sync_twin(Generic[P, R]):
 
         call.__name__ = self._name
         call.__doc__ = self.__doc__
+        return call
+
+    def _inline_twin(self, obj: Any) -> Callable[..., Any]:
+        """The twin of a loop-free cache, made once and kept in the instance's ``__dict__``.
+
+        Later look-ups find it there without calling this descriptor: a sync get of the
+        in-memory cache then costs little more than the awaited one. The async method is
+        looked up on every call, so one replaced on the instance is still the one run.
+        """
+        name = self._async_name
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return run_inline(getattr(obj, name)(*args, **kwargs))
+
+        call.__name__ = self._name
+        call.__doc__ = self.__doc__
+        vars(obj)[self._name] = call
         return call
 
 

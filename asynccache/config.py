@@ -68,6 +68,8 @@ def resolve_ttl(ttl: float | NotGiven | None, default: float | None) -> float | 
     """The TTL to use for one write: the caller's, else the cache default."""
     if ttl is NOT_GIVEN:
         return default
+    if (type(ttl) is int or type(ttl) is float) and 0 < ttl < math.inf:
+        return float(ttl)  # the common case, checked without a call
     return validate_ttl(ttl)
 
 

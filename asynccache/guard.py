@@ -55,6 +55,9 @@ class CircuitState(str, enum.Enum):
     half_open = "half_open"
 
 
+_CLOSED = CircuitState.closed
+
+
 #: Default longest pause between two background probes of an open circuit (seconds).
 DEFAULT_COOLDOWN = 0.25
 #: Pause before the first probe; later pauses double up to the cool-down.
@@ -242,6 +245,11 @@ class GuardedBackend:
         self._probe_loop: asyncio.AbstractEventLoop | None = None
         # run_now times the first call of each operation, then one in SAMPLE_EVERY.
         self._countdowns: dict[str, int] = {}
+        # The single-key lean path (read_one_now / write_one_now) of loop-free backends.
+        self._reads_left = self._writes_left = 1
+        if backend.loop_free:
+            self._read_one = sync_primitive(backend, "read_one")
+            self._write_one = sync_primitive(backend, "write_one")
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
                     skipped: int = 1) -> tuple[bool, T]:
@@ -317,6 +325,7 @@ class GuardedBackend:
                 continue
             breaker.record_success()
             return
+
     def run_now(self, operation: str, primitive: Callable[[Any], T], argument: Any,
                 fallback: T, skipped: int = 1) -> tuple[bool, T]:
         """Call a loop-free backend's synchronous primitive (:func:`sync_primitive`) now.
@@ -325,33 +334,70 @@ class GuardedBackend:
         same fail-open policy and breaker as :meth:`_call`, and one call in
         :data:`~asynccache.stats.SAMPLE_EVERY` timed.
         """
-        breaker = self.breaker
-        if breaker.state is not CircuitState.closed and not breaker.allow():
-            self.stats.add("skipped_open_circuit", skipped)
-            return False, fallback
         countdowns = self._countdowns
         left = countdowns.get(operation, 1) - 1
-        countdowns[operation] = left
-        if left > 0:
+        if left and self.breaker.state is _CLOSED:
+            countdowns[operation] = left
             try:
-                result = primitive(argument)
+                return True, primitive(argument)
             except Exception as exc:
                 self._failed(operation, exc, None)
                 return False, fallback
-        else:
-            countdowns[operation] = SAMPLE_EVERY
-            started = time.perf_counter()
+        countdowns[operation] = SAMPLE_EVERY
+        return self._run_timed(operation, primitive, argument, fallback, skipped)
+
+    def read_one_now(self, stored: str) -> bytes | None:
+        """One key's bytes from a loop-free backend, or ``None`` (a miss or a failure).
+
+        :meth:`run_now` for the single get, kept to one call: the untimed calls between
+        two sampled ones only check that the circuit is closed.
+        """
+        left = self._reads_left - 1
+        if left and self.breaker.state is _CLOSED:
+            self._reads_left = left
             try:
-                result = primitive(argument)
+                return self._read_one(stored)
             except Exception as exc:
-                self._failed(operation, exc, started)
-                return False, fallback
-            self.stats.observe(operation, time.perf_counter() - started)
+                self._failed("get", exc, None)
+                return None
+        self._reads_left = SAMPLE_EVERY
+        return self._run_timed("get", self._read_one, stored, None)[1]
+
+    def write_one_now(self, item: WriteItem) -> bool:
+        """Store one item in a loop-free backend; whether it was stored (see read_one_now)."""
+        left = self._writes_left - 1
+        if left and self.breaker.state is _CLOSED:
+            self._writes_left = left
+            try:
+                return bool(self._write_one(item))
+            except Exception as exc:
+                self._failed("set", exc, None)
+                return False
+        self._writes_left = SAMPLE_EVERY
+        ok, stored = self._run_timed("set", self._write_one, item, False)
+        return ok and bool(stored)
+
+    def _run_timed(self, operation: str, primitive: Callable[[Any], T], argument: Any,
+                   fallback: T, skipped: int = 1) -> tuple[bool, T]:
+        breaker = self.breaker
+        if breaker.state is not _CLOSED and not breaker.allow():
+            self.stats.add("skipped_open_circuit", skipped)
+            return False, fallback
+        started = time.perf_counter()
+        try:
+            result = primitive(argument)
+        except Exception as exc:
+            self._failed(operation, exc, started)
+            return False, fallback
+        self.stats.observe(operation, time.perf_counter() - started)
         if breaker.consecutive_failures:
             breaker.record_success()
         return True, result
 
     def _failed(self, operation: str, exc: Exception, started: float | None) -> None:
+        # The calls after a failure take the timed path, whose success resets the breaker.
+        self._reads_left = self._writes_left = 1
+        self._countdowns.clear()
         if started is not None:
             self.stats.observe(operation, time.perf_counter() - started)
         self.stats.add("errors")

@@ -78,6 +78,10 @@ def _canonical_default(obj: Any) -> Any:
     )
 
 
+#: Argument types that can never be an integral float (checked before the call).
+_NOT_FLOATS = frozenset({str, int, bool, list, dict})
+
+
 def _normalise_number(value: Any) -> Any:
     # Only within the integer range orjson can write: a huge integral float (1.8e19)
     # would otherwise become an int too large to serialise and break key building.
@@ -105,7 +109,7 @@ def canonical_request(
 ) -> bytes:
     """The canonical JSON bytes of a request: sorted, without excluded parameters."""
     canonical = {
-        name: _normalise_number(value)
+        name: value if type(value) in _NOT_FLOATS else _normalise_number(value)
         for name, value in call_kwargs.items()
         if name not in excluded and value is not None
     }
@@ -188,6 +192,9 @@ def stored_key(key: str, namespace: str | None) -> str:
     >>> stored_key("b", "a"), stored_key("a:b", None), stored_key("b", None)
     ('a:b', ':a:b', 'b')
     """
+    if namespace is None and type(key) is str and key.isascii() and key:
+        # validate_key's fast case inlined: a hex digest stored as it is (the hot path).
+        return SEPARATOR + key if SEPARATOR in key else key
     key = validate_key(key)
     if namespace is None:
         return SEPARATOR + key if SEPARATOR in key else key

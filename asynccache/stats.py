@@ -169,6 +169,8 @@ class CacheStats:
         self._namespaces: dict[str, Counter[str]] = {}
         self._latency: dict[str, _Histogram] = {}
         self._tallies: dict[tuple[int, str | None], Tally] = {}
+        # Each thread's own tallies by namespace: the lock-free lookup of the hot path.
+        self._local = threading.local()
 
     def tally(self, namespace: str | None) -> Tally:
         """The calling thread's :class:`Tally` for ``namespace``: add to its slots freely.
@@ -176,11 +178,18 @@ class CacheStats:
         Only the calling thread may write the returned tally; take a fresh one per
         operation rather than keeping it (a reset replaces them).
         """
-        key = (get_ident(), namespace)
-        found = self._tallies.get(key)
-        if found is None:
-            with self._lock:
-                found = self._tallies.setdefault(key, Tally())
+        try:
+            return self._local.tallies[namespace]
+        except (AttributeError, KeyError):
+            return self._register_tally(namespace)
+
+    def _register_tally(self, namespace: str | None) -> Tally:
+        with self._lock:
+            found = self._tallies.setdefault((get_ident(), namespace), Tally())
+            local = self._local
+            if not hasattr(local, "tallies"):
+                local.tallies = {}
+            local.tallies[namespace] = found
         return found
 
     def _merged(self) -> tuple[Counter[str], dict[str, Counter[str]]]:
@@ -292,3 +301,4 @@ class CacheStats:
             # A fresh map: a hot path that took its tally just before the reset counts
             # into the old one, which is dropped (that operation raced the reset).
             self._tallies = {}
+            self._local = threading.local()
