@@ -30,12 +30,13 @@ what changes the answer and rejects the candidate when they differ in:
   is a miss;
 * ``focus``: below ``focus_below`` similarity (default 0.8), two questions on one topic
   that ask about different things ("What is the *history* of jazz?" vs "What
-  *instruments* are used in jazz?"): they share a content word but each carries content
-  words the other lacks (after case, stop words, request words such as "explain" or
-  "tips", plural and tense endings, and common synonyms). Below that similarity a
-  candidate is served only when its content words align with the question's, or when
-  it is a complete rewording sharing none of them (the embedding alone vouches for it).
-  Above it the embedding is trusted on wording, as before.
+  *instruments* are used in jazz?"): they share content words, and one of them carries
+  at least as many content words the other lacks (compared after case, stop words,
+  request words such as "explain" or "tips", plural and tense endings, and common
+  synonyms). Below that similarity a candidate is served only when its content words
+  mostly align with the question's, or when it is a complete rewording sharing none of
+  them (then the embedding alone vouches for it). Above it, wording differences are
+  left to the embedding.
 
 It is pure, local and offline: regular expressions and small (English) word lists, tens
 of microseconds per candidate (a few hundred when both texts are new). In other
