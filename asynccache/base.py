@@ -21,7 +21,7 @@ from .bridge import register_exit_hook, sync_twin
 from .config import NOT_GIVEN, CacheSettings, NotGiven, resolve_ttl, validate_ttl
 from .contract import Backend, LeaseSupport, SimilaritySearch, WriteItem
 from .controls import DEFAULT_CONTROLS, CacheControls, CacheMode, parse_controls
-from .envelope import EXPIRED, decode_live
+from .envelope import EXPIRED, Miss, decode_live
 from .exceptions import (
     BackendError,
     CacheClosedError,
@@ -249,6 +249,7 @@ class BaseCache:
         if settings.key_function is not None and not callable(settings.key_function):
             raise ConfigurationError("key_function must be a callable taking the call's kwargs")
         self.key_function = settings.key_function
+        self._own_key_method = type(self).get_cache_key is BaseCache.get_cache_key
         excluded = settings.excluded_params
         self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
         self.sampling = parse_sampling(settings.sampling)
@@ -408,7 +409,7 @@ class BaseCache:
             tally.misses += 1
             tally.corrupt_entries += 1
             return None
-        if type(value) is envelope.Miss:
+        if type(value) is Miss:
             tally.misses += 1
             if value is EXPIRED:
                 tally.expired += 1
@@ -436,11 +437,20 @@ class BaseCache:
 
         ``max_age`` (the ``s-maxage`` control) rejects entries older than that many seconds.
         """
+        if self._lean:
+            return self._entry_now(key, namespace, max_age)
         self._check_open()
         ns = self._namespace(namespace)
         stored = self._stored_key(key, ns)
-        data = self._guard.read_one_now(stored) if self._lean else await self._read_one(stored)
-        return self._to_hit(stored, data, ns, max_age, self.clock())
+        return self._to_hit(stored, await self._read_one(stored), ns, max_age, self.clock())
+
+    def _entry_now(self, key: str, namespace: str | NotGiven | None,
+                   max_age: float | None) -> CacheHit | None:
+        # async_get_entry of a lean (in-process) cache, without an await.
+        self._check_open()
+        ns = self._namespace(namespace)
+        stored = self._stored_key(key, ns)
+        return self._to_hit(stored, self._guard.read_one_now(stored), ns, max_age, self.clock())
 
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
                          max_age: float | None) -> Any:
@@ -661,6 +671,10 @@ class BaseCache:
         left out. A ``cache_key=`` argument is returned as it is (a preset key), and a
         ``key_function`` setting replaces the default.
         """
+        return self._key_of(call_kwargs, args)
+
+    def _key_of(self, call_kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str:
+        # get_cache_key without re-packing the arguments into a fresh dict.
         preset = call_kwargs.get("cache_key")
         if isinstance(preset, str) and preset:
             return preset
@@ -691,9 +705,16 @@ class BaseCache:
         controls = controls or DEFAULT_CONTROLS
         if not controls.reads(self.mode):
             return None
-        key = key or self.get_cache_key(**call_kwargs)
+        if not key:
+            # A subclass's own get_cache_key still decides the key.
+            key = (self._key_of(call_kwargs) if self._own_key_method
+                   else self.get_cache_key(**call_kwargs))
         namespace = controls.namespace
-        hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if self._lean:
+            hit = self._entry_now(key, namespace, controls.s_maxage)
+        else:
+            hit = await self.async_get_entry(key, namespace=namespace,
+                                             max_age=controls.s_maxage)
         if hit is None and self.request_store is not None:
             await check_replay_miss(self, call_kwargs, key, namespace)
         backend = self.backend
