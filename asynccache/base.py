@@ -249,6 +249,7 @@ class BaseCache:
         if settings.key_function is not None and not callable(settings.key_function):
             raise ConfigurationError("key_function must be a callable taking the call's kwargs")
         self.key_function = settings.key_function
+        self._own_key_method = type(self).get_cache_key is BaseCache.get_cache_key
         excluded = settings.excluded_params
         self.excluded_params = EXCLUDED_PARAMS if excluded is None else frozenset(excluded)
         self.sampling = parse_sampling(settings.sampling)
@@ -283,36 +284,39 @@ class BaseCache:
 
     async def _read_many(self, stored: Sequence[str]) -> list[bytes | None]:
         queue = self._queue
+        if queue is None:
+            return await self._read_from_backend(stored)
         found: list[bytes | None] = [None] * len(stored)
         missing: list[int] = []
         for index, key in enumerate(stored):
-            queued = queue.lookup(key) if queue is not None else None
+            queued = queue.lookup(key)
             if queued is not None:
                 found[index] = queued[1]
             else:
                 missing.append(index)
         if not missing:
             return found
-        if len(missing) == 1 and self._coalescer is not None:
-            found[missing[0]] = await self._coalescer.get(stored[missing[0]])
-            return found
-        keys = [stored[i] for i in missing]
-        step = self.backend.max_batch
-        results: list[bytes | None] = []
-        for start in range(0, len(keys), step):
-            chunk = keys[start : start + step]
-            if self._lean:
-                ok, got = self._guard.run_now("get", self._get_now, chunk, None,
-                                              len(chunk))
-                results.extend(got if ok and got is not None and len(got) == len(chunk)
-                               else [None] * len(chunk))
-            else:
-                results.extend(await self._guard.get_many(chunk))
+        results = await self._read_from_backend([stored[i] for i in missing])
         if len(missing) == len(stored):
             return results
         for index, data in zip(missing, results, strict=True):
             found[index] = data
         return found
+
+    async def _read_from_backend(self, keys: Sequence[str]) -> list[bytes | None]:
+        # Past the write-behind queue: the coalescer for a lone key, else batches.
+        if len(keys) == 1 and self._coalescer is not None:
+            return [await self._coalescer.get(keys[0])]
+        step = self.backend.max_batch
+        if len(keys) > step:
+            results: list[bytes | None] = []
+            for start in range(0, len(keys), step):
+                results.extend(await self._read_from_backend(keys[start : start + step]))
+            return results
+        if self._lean:
+            ok, got = self._guard.run_now("get", self._get_now, keys, None, len(keys))
+            return got if ok and got is not None and len(got) == len(keys) else [None] * len(keys)
+        return await self._guard.get_many(keys)
 
     def _decode_many(self, found: Sequence[bytes | None], namespace: str | None,
                      max_age: float | None, now: float) -> list[envelope.Entry | None]:
@@ -436,11 +440,20 @@ class BaseCache:
 
         ``max_age`` (the ``s-maxage`` control) rejects entries older than that many seconds.
         """
+        if self._lean:
+            return self._entry_now(key, namespace, max_age)
         self._check_open()
         ns = self._namespace(namespace)
         stored = self._stored_key(key, ns)
-        data = self._guard.read_one_now(stored) if self._lean else await self._read_one(stored)
-        return self._to_hit(stored, data, ns, max_age, self.clock())
+        return self._to_hit(stored, await self._read_one(stored), ns, max_age, self.clock())
+
+    def _entry_now(self, key: str, namespace: str | NotGiven | None,
+                   max_age: float | None) -> CacheHit | None:
+        # async_get_entry of a lean (in-process) cache, without an await.
+        self._check_open()
+        ns = self._namespace(namespace)
+        stored = self._stored_key(key, ns)
+        return self._to_hit(stored, self._guard.read_one_now(stored), ns, max_age, self.clock())
 
     async def _get_value(self, key: str, namespace: str | NotGiven | None,
                          max_age: float | None) -> Any:
@@ -661,6 +674,10 @@ class BaseCache:
         left out. A ``cache_key=`` argument is returned as it is (a preset key), and a
         ``key_function`` setting replaces the default.
         """
+        return self._key_of(call_kwargs, args)
+
+    def _key_of(self, call_kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str:
+        # get_cache_key without re-packing the arguments into a fresh dict.
         preset = call_kwargs.get("cache_key")
         if isinstance(preset, str) and preset:
             return preset
@@ -691,9 +708,16 @@ class BaseCache:
         controls = controls or DEFAULT_CONTROLS
         if not controls.reads(self.mode):
             return None
-        key = key or self.get_cache_key(**call_kwargs)
+        if not key:
+            # A subclass's own get_cache_key still decides the key.
+            key = (self._key_of(call_kwargs) if self._own_key_method
+                   else self.get_cache_key(**call_kwargs))
         namespace = controls.namespace
-        hit = await self.async_get_entry(key, namespace=namespace, max_age=controls.s_maxage)
+        if self._lean:
+            hit = self._entry_now(key, namespace, controls.s_maxage)
+        else:
+            hit = await self.async_get_entry(key, namespace=namespace,
+                                             max_age=controls.s_maxage)
         if hit is None and self.request_store is not None:
             await check_replay_miss(self, call_kwargs, key, namespace)
         backend = self.backend

@@ -227,6 +227,10 @@ def decode(data: bytes | bytearray | memoryview,
     ``protection`` holding their key, and a ``protection`` that encrypts refuses
     unencrypted entries (all as :class:`CorruptEntry`: a counted miss).
     """
+    plain = _plain_header(data, protection)
+    if plain is not None:
+        flags, created_at, expires_at = plain
+        return Entry(_parse_payload(data), created_at, expires_at if flags else None)
     if data[:3] == MAGIC:
         if len(data) < HEADER_SIZE:
             raise CorruptEntry("entry header is truncated")
@@ -283,6 +287,32 @@ _loads = orjson.loads
 _INF = math.inf
 
 
+def _plain_header(data: bytes | bytearray | memoryview,
+                  protection: ValueProtection) -> tuple[int, float, float] | None:
+    """``(flags, created_at, expires_at)`` when ``data`` is a plain JSON entry of this format
+    (not compressed, encrypted, bytes or a counter; finite timestamps), else ``None``.
+
+    The one check in front of both decoders' fast paths.
+    """
+    try:
+        magic, version, flags, created_at, expires_at = _unpack_header(data)
+    except struct.error:
+        return None  # shorter than a header: a bare counter, a truncated entry or junk
+    # Chained comparisons reject NaN and infinities without a call.
+    if (magic == MAGIC and version == FORMAT_VERSION and flags <= _HAS_EXPIRY
+            and -_INF < created_at < _INF and -_INF < expires_at < _INF
+            and not protection.encrypts):
+        return flags, created_at, expires_at
+    return None
+
+
+def _parse_payload(data: bytes | bytearray | memoryview) -> Any:
+    try:
+        return _loads(data[HEADER_SIZE:])
+    except orjson.JSONDecodeError as exc:
+        raise CorruptEntry(f"entry payload is not JSON: {exc}") from exc
+
+
 def decode_live(data: bytes, now: float, max_age: float | None = None,
                 protection: ValueProtection = PLAIN) -> Any:
     """The value of a live entry, :data:`EXPIRED` or :data:`TOO_OLD`; raise :class:`CorruptEntry`.
@@ -292,15 +322,14 @@ def decode_live(data: bytes, now: float, max_age: float | None = None,
     exact-size slice (orjson parses a memoryview about 2x slower than the 0.1 us copy
     costs). ``protection`` as in :func:`decode`.
     """
+    # _plain_header's check, inlined: a call costs 4% of a memory get.
     try:
         magic, version, flags, created_at, expires_at = _unpack_header(data)
     except struct.error:
-        magic = None  # shorter than a header: a bare counter, a truncated entry or junk
-    # Chained comparisons reject NaN and infinities without a call.
+        magic = None
     if (magic == MAGIC and version == FORMAT_VERSION and flags <= _HAS_EXPIRY
             and -_INF < created_at < _INF and -_INF < expires_at < _INF
             and not protection.encrypts):
-        # A plain JSON entry: the whole of a typical hit.
         if flags and now >= expires_at:
             return EXPIRED
         if max_age is not None and now - created_at > max_age:

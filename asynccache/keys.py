@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 KEY_FORMAT_VERSION = "1"
+_VERSION_PREFIX = KEY_FORMAT_VERSION.encode()
+_sha256 = hashlib.sha256
 
 #: Arguments that never change the answer: credentials, endpoints, retries, timeouts,
 #: streaming transport and telemetry. Streamed and non-streamed requests share an entry.
@@ -80,6 +82,8 @@ def _canonical_default(obj: Any) -> Any:
 
 #: Argument types that can never be an integral float (checked before the call).
 _NOT_FLOATS = frozenset({str, int, bool, list, dict})
+_CANONICAL_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
 
 
 def _normalise_number(value: Any) -> Any:
@@ -113,14 +117,10 @@ def canonical_request(
         for name, value in call_kwargs.items()
         if name not in excluded and value is not None
     }
-    if "model" in canonical:
+    if caching_groups and "model" in canonical:
         canonical["model"] = group_model(canonical["model"], caching_groups)
     try:
-        return orjson.dumps(
-            canonical,
-            default=_canonical_default,
-            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
-        )
+        return _dumps(canonical, default=_canonical_default, option=_CANONICAL_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise ConfigurationError(f"cannot build a cache key for this request: {exc}") from exc
 
@@ -137,9 +137,8 @@ def request_key(
     ...     request_key({"messages": [{"content": "hi", "role": "user"}], "model": "gpt-4o"})
     True
     """
-    digest = hashlib.sha256(KEY_FORMAT_VERSION.encode())
-    digest.update(canonical_request(call_kwargs, caching_groups=caching_groups, excluded=excluded))
-    return digest.hexdigest()
+    canonical = canonical_request(call_kwargs, caching_groups=caching_groups, excluded=excluded)
+    return _sha256(_VERSION_PREFIX + canonical).hexdigest()
 
 
 def validate_key(key: object) -> str:

@@ -24,16 +24,13 @@ import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from .config import NOT_GIVEN, NotGiven
 from .exceptions import CacheError, ConfigurationError, ReplayMissError
 from .keys import EXCLUDED_PARAMS, canonical_request
-
-if TYPE_CHECKING:
-    from .base import BaseCache
 
 __all__ = [
     "ABSENT", "MASK", "SECRET_FIELDS", "Difference", "MissExplanation", "RecordedRequest",
@@ -43,6 +40,30 @@ __all__ = [
 ]
 
 logger = logging.getLogger("asynccache.recording")
+
+
+class RecordingCache(Protocol):
+    """What request recording uses of a cache (every :class:`~asynccache.BaseCache` has it).
+
+    Declared here rather than imported, so this module stays below the cache template.
+    """
+
+    namespace: str | None
+    backend: Any
+    request_store: Any
+
+    def _stored_key(self, key: str, namespace: str | None) -> str: ...
+
+    def get_cache_key(self, *args: Any, **call_kwargs: Any) -> str: ...
+
+    async def async_get_cache(self, key: str, *, namespace: Any = ...,
+                              max_age: float | None = ...) -> Any: ...
+
+    async def async_set_cache(self, key: str, value: Any, *, ttl: Any = ...,
+                              namespace: Any = ...) -> bool: ...
+
+    async def async_get_entry(self, key: str, *, namespace: Any = ...,
+                              max_age: float | None = ...) -> Any: ...
 
 #: Shown instead of a secret.
 MASK = "***"
@@ -287,7 +308,7 @@ class RequestLog:
     ENTRY = "asynccache-request-log"
     replay_only = False
 
-    def __init__(self, cache: BaseCache, limit: int = 256) -> None:
+    def __init__(self, cache: RecordingCache, limit: int = 256) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ConfigurationError(
                 f"record_requests must be True, False or a positive int, got {limit!r}")
@@ -304,7 +325,7 @@ class RequestLog:
             lock = self._locks[loop] = asyncio.Lock()
         return lock
 
-    def _owner(self) -> BaseCache:
+    def _owner(self) -> RecordingCache:
         cache = self._cache()
         if cache is None:
             raise CacheError("the cache of this request log was garbage-collected")
@@ -335,11 +356,11 @@ def request_store(cache: Any) -> RequestStore | None:
     return store if isinstance(store, RequestStore) else None
 
 
-def _resolve(cache: BaseCache, namespace: str | NotGiven | None) -> str | None:
+def _resolve(cache: RecordingCache, namespace: str | NotGiven | None) -> str | None:
     return cache.namespace if namespace is NOT_GIVEN else namespace
 
 
-async def remember_requests(cache: BaseCache,
+async def remember_requests(cache: RecordingCache,
                             items: Sequence[tuple[str, Mapping[str, Any]]],
                             namespace: str | NotGiven | None = NOT_GIVEN) -> None:
     """Store each ``(key, call kwargs)`` request next to its answer, when the cache keeps them.
@@ -360,7 +381,7 @@ async def remember_requests(cache: BaseCache,
                        exc_info=True)
 
 
-async def explain(cache: BaseCache, call_kwargs: Mapping[str, Any], *, key: str | None = None,
+async def explain(cache: RecordingCache, call_kwargs: Mapping[str, Any], *, key: str | None = None,
                   namespace: str | NotGiven | None = NOT_GIVEN) -> MissExplanation:
     """Explain why ``call_kwargs`` does or does not have an answer in ``cache``."""
     store = request_store(cache)
@@ -383,7 +404,7 @@ async def explain(cache: BaseCache, call_kwargs: Mapping[str, Any], *, key: str 
                            source=store.description)
 
 
-async def check_replay_miss(cache: BaseCache, call_kwargs: Mapping[str, Any] | None, key: str,
+async def check_replay_miss(cache: RecordingCache, call_kwargs: Mapping[str, Any] | None, key: str,
                             namespace: str | NotGiven | None = NOT_GIVEN) -> None:
     """After a miss: raise :class:`ReplayMissError` when the cache must not go upstream."""
     store = request_store(cache)

@@ -130,6 +130,22 @@ def test_loop_free_twins_run_inline_even_on_a_loop_thread():
     assert run_sync(on_the_bridge_thread(), timeout=30) == {"v": 1}
 
 
+
+def test_a_loop_free_cache_makes_each_twin_once_and_still_runs_a_replaced_method():
+    cache = MemoryCache()
+    assert cache.get_cache is cache.get_cache  # kept on the instance after the first use
+    assert MemoryCache().get_cache is not cache.get_cache
+    cache.set_cache("k", 1)
+    calls: list[str] = []
+    original = cache.async_get_cache
+
+    async def counting(key: str, **kwargs: Any) -> Any:
+        calls.append(key)
+        return await original(key, **kwargs)
+
+    cache.async_get_cache = counting  # type: ignore[method-assign]
+    assert cache.get_cache("k") == 1 and calls == ["k"]
+
 def test_calling_a_sync_twin_on_the_bridge_thread_raises_instead_of_deadlocking():
     cache = MemoryCache(coalesce_reads=True)  # coalescing needs a loop: not loop-free
     leftover = add(1, 1)

@@ -254,6 +254,24 @@ async def test_max_age_rejects_older_entries(make_cache, api_for):
     assert await api.async_get_cache("aged", max_age=10) is None
 
 
+
+async def test_get_entry_says_where_and_when_the_value_came_from(make_cache, api_for):
+    clock = FakeClock()
+    cache = make_cache(clock=clock, namespace="entries")
+    api = api_for(cache)
+    value = chat_completion()
+    await api.async_set_cache("e1", value, ttl=100)
+    clock.advance(30)
+    hit = await api.async_get_entry("e1")
+    assert hit.value == value and hit.key == "entries:e1" and hit.backend == cache.backend.name
+    assert hit.age == pytest.approx(30) and hit.expires_at - hit.created_at == pytest.approx(100)
+    with pytest.raises(AttributeError):
+        hit.value = "changed"  # a hit is immutable
+    assert await api.async_get_entry("e1", max_age=10) is None
+    assert await api.async_get_entry(unique("absent")) is None
+    clock.advance(71)
+    assert await api.async_get_entry("e1") is None
+
 async def test_bytes_and_unicode_values_round_trip(make_cache, api_for):
     api = api_for(make_cache())
     await api.async_set_cache("raw", b"\x00\xffbinary audio")

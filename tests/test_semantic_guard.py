@@ -13,7 +13,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from asynccache import Cache, ConfigurationError
+from asynccache import Cache, ConfigurationError, parse_controls
 from asynccache.semantic import LocalEmbedder
 from asynccache.semantic.guard import CHECKS, SemanticGuard, SemanticVerifier
 from tests.conftest import contract_backends
@@ -85,9 +85,50 @@ def test_rewordings_that_keep_what_matters_are_accepted(stored, asked):
     ("What does the --force flag do?", "What does the --dry-run flag do?", "identifiers"),
     ("Who founded Amazon?", "Who founded Netflix?", "entities"),
     ("How long do cats live?", "How long do cats sleep?", "substitution"),
+    # The same sentence with content words added asks a narrower question.
+    ("What is the best laptop for students?", "What is the best laptop bag for students?",
+     "substitution"),
+    # The opening question word says what kind of answer is wanted.
+    ("What is the plot of The Great Gatsby?", "Who wrote The Great Gatsby?", "answer_type"),
+    ("What are the symptoms of a cold?", "How long does a cold last?", "answer_type"),
+    ("Where was the Eiffel Tower built?", "When was the Eiffel Tower built?", "answer_type"),
 ])
 def test_more_differences_that_change_the_answer(a, b, reason):
     assert SemanticGuard().check(a, b) == reason
+    assert SemanticGuard().check(b, a) == reason
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("When was it built?", "What year was it constructed?"),   # both ask for a time
+    ("Convert 5 km to miles", "How many miles is 5 kilometers?"),  # an imperative
+    ("Can you describe impostor syndrome?", "What is impostor syndrome?"),  # yes/no form
+    ("So who painted the Mona Lisa?", "Who painted the Mona Lisa?"),
+])
+def test_answer_type_compares_only_questions_opening_with_a_question_word(a, b):
+    assert SemanticGuard(["answer_type"]).check(a, b) is None
+
+
+# Below ``focus_below`` (0.8) one topic asked about differently is rejected; a rewording
+# whose content words align, or one sharing none of them, is left to the embedding.
+@pytest.mark.parametrize(("a", "b", "verdict"), [
+    ("What is the history of jazz?", "What are the instruments used in jazz?", "focus"),
+    ("How do I paint a room?", "How do I choose paint colors for a room?", "focus"),
+    ("How do I take care of a puppy?", "How do I choose a puppy from a litter?", "focus"),
+    ("How do I fix a flat bicycle tire?", "How can I repair a punctured bike tyre?", None),
+    ("What is the difference between weather and climate?",
+     "How is climate different from weather?", None),
+    ("How do airplanes stay in the air?", "What keeps a plane flying?", None),
+])
+def test_focus_rejects_one_topic_asked_about_differently(a, b, verdict):
+    guard = SemanticGuard()
+    assert guard.check(b, a, 0.7) == verdict
+    assert guard.check(a, b, 0.7) == verdict
+    # At or above focus_below the embedding is trusted on wording, and the check needs
+    # a similarity to run at all.
+    assert guard.check(b, a, 0.8) is None
+    assert guard.check(b, a) is None
+    assert SemanticGuard(focus_below=0.9).check(b, a, 0.85) == verdict
+    assert guard.describe()["focus_below"] == 0.8
 
 
 def test_identical_texts_and_case_or_spacing_differences_pass():
@@ -98,6 +139,8 @@ def test_identical_texts_and_case_or_spacing_differences_pass():
 def test_bad_guard_settings_raise_naming_them():
     with pytest.raises(ConfigurationError, match="unknown semantic guard check"):
         SemanticGuard(["numbers", "spelling"])
+    with pytest.raises(ConfigurationError, match="focus_below"):
+        SemanticGuard(focus_below=1.5)
     with pytest.raises(ConfigurationError, match="semantic_guard"):
         Cache(semantic_guard="yes")
     with pytest.raises(ConfigurationError, match="semantic_judge"):
@@ -169,6 +212,58 @@ async def test_every_hard_negative_kind_is_a_miss_and_counted(make):
     assert unguarded.stats()["semantic"]["guard"] is None
 
 
+# One pair of each hard-negative kind of the labelled data set (from its dev half), with
+# the check that rejects it; similarities 0.6 to 0.99 with the local model.
+DATA_SET_KINDS = [
+    ("numbers_units", "Can I take 400 mg of ibuprofen?", "Can I take 800 mg of ibuprofen?",
+     "numbers"),
+    ("negation", "Which birds can fly?", "Which birds can't fly?", "negation"),
+    ("order", "Is gold heavier than lead?", "Is lead heavier than gold?", "order"),
+    ("entities", "Where was Mozart born?", "Where was Beethoven born?", "entities"),
+    ("quoted", 'What rhymes with "orange"?', 'What rhymes with "silver"?', "quoted"),
+    ("identifiers", "How do I use pandas.merge?", "How do I use pandas.concat?",
+     "identifiers"),
+    ("near_topic", "What is the history of jazz?", "What are the instruments used in jazz?",
+     "focus"),
+    ("near_topic", "What is the plot of The Great Gatsby?", "Who wrote The Great Gatsby?",
+     "answer_type"),
+]
+
+
+async def test_each_hard_negative_kind_of_the_data_set_is_a_miss(make):
+    guarded, unguarded = make(), make(semantic_guard=False)
+    for index, (kind, stored, asked, _) in enumerate(DATA_SET_KINDS):
+        controls = parse_controls({"namespace": f"kind{index}"})
+        for cache in (guarded, unguarded):
+            await cache.async_store(chat(stored), chat_completion(stored), controls=controls)
+        raw = await unguarded.async_lookup(chat(asked), controls=controls)
+        assert raw is not None and raw.matched_prompt == stored, kind
+        assert await guarded.async_lookup(chat(asked), controls=controls) is None, kind
+    expected: dict[str, int] = {}
+    for *_, reason in DATA_SET_KINDS:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert guarded.stats()["semantic"]["rejected_by"] == expected
+
+
+async def test_a_follow_up_matches_only_within_the_same_conversation(make):
+    def follow_up(capital_of, text):
+        return {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": f"What is the capital of {capital_of}?"},
+            {"role": "assistant", "content": f"(the capital of {capital_of})"},
+            {"role": "user", "content": text}]}
+
+    for settings in ({}, {"semantic_guard": False}):
+        cache = make(**settings)
+        await cache.async_store(follow_up("Peru", "What is its population?"),
+                                chat_completion("about 10 million"))
+        # The earlier turns are part of the exact filter: another conversation's
+        # identical follow-up is never even a candidate, guard or not.
+        assert await cache.async_lookup(follow_up("Chile", "What is its population?")) is None
+        hit = await cache.async_lookup(follow_up("Peru", "What's its population?"))
+        assert hit is not None and hit.matched_prompt == "What is its population?"
+        assert cache.stats()["semantic"]["rejected_by"] == {}
+
+
 async def test_paraphrases_still_hit_with_the_guard_on(make):
     cache = make()
     for stored, _ in PARAPHRASES:
@@ -180,6 +275,35 @@ async def test_paraphrases_still_hit_with_the_guard_on(make):
     assert cache.stats()["semantic"]["accepted"] == len(PARAPHRASES)
     cache.reset_stats()
     assert cache.stats()["semantic"]["candidates"] == 0
+
+
+async def test_the_guard_looks_past_a_rejected_nearest_candidate(make):
+    # The nearest stored question is the hard negative (the sides swapped, similarity
+    # 0.99); the right answer (0.90) is second nearest. One vector query returns both,
+    # the guard rejects the first and the second is served.
+    cache = make(similarity_threshold=0.8)
+    wrong = "How do I convert Fahrenheit to Celsius?"
+    right = "What's the formula to go from Celsius to Fahrenheit?"
+    for stored in (wrong, right):
+        await cache.async_store(chat(stored), chat_completion(stored))
+    asked = chat("How do I convert Celsius to Fahrenheit?")
+    hit = await cache.async_lookup(asked)
+    assert hit is not None and hit.matched_prompt == right
+    semantic = cache.stats()["semantic"]
+    assert semantic["candidates"] == 2 and semantic["accepted"] == 1
+    assert semantic["rejected_by"] == {"order": 1}
+    # With one candidate only, the rejected nearest one is a miss.
+    single = make(similarity_threshold=0.8, semantic_candidates=1, namespace="single")
+    for stored in (wrong, right):
+        await single.async_store(chat(stored), chat_completion(stored))
+    assert await single.async_lookup(asked) is None
+    assert single.stats()["semantic"]["rejected_by"] == {"order": 1}
+
+
+def test_semantic_candidates_must_be_a_small_positive_int():
+    for bad in (0, 101, 2.5, True, "3"):
+        with pytest.raises(ConfigurationError, match="semantic_candidates"):
+            Cache(type="qdrant-semantic", qdrant_location=":memory:", semantic_candidates=bad)
 
 
 async def test_judge_sees_question_candidate_and_score_and_can_refuse(make):

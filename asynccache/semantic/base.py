@@ -26,13 +26,16 @@ from ..keys import canonical_request
 from .guard import SemanticVerifier, parse_guard, parse_judge
 
 __all__ = [
-    "DEFAULT_SIMILARITY_THRESHOLD", "FILTER_VERSION", "EmbedWhat", "SemanticBackend",
-    "SemanticSettings", "clamp_similarity", "content_text", "filter_hash", "parse_embed_what",
-    "parse_threshold", "scope_tag", "similarity_from_cosine_distance",
+    "DEFAULT_SEMANTIC_CANDIDATES", "DEFAULT_SIMILARITY_THRESHOLD", "FILTER_VERSION",
+    "EmbedWhat", "SemanticBackend", "SemanticSettings", "clamp_similarity", "content_text",
+    "filter_hash", "parse_embed_what", "parse_threshold", "scope_tag",
+    "similarity_from_cosine_distance",
     "similarity_from_cosine_score", "split_request",
 ]
 
 DEFAULT_SIMILARITY_THRESHOLD = 0.8
+#: How many nearest entries above the threshold a lookup verifies, best first.
+DEFAULT_SEMANTIC_CANDIDATES = 3
 
 # Stands in for the embedded text inside the filter hash: the rest of the request is
 # hashed exactly, the embedded part is compared by similarity instead.
@@ -246,15 +249,29 @@ class SemanticBackend(Backend):
       names, or a :class:`~asynccache.semantic.guard.SemanticGuard`;
     * ``semantic_judge``: an optional second opinion, ``judge(query, candidate,
       similarity) -> bool`` (async or not), asked after the guard accepts;
-      ``semantic_judge_timeout`` (seconds, default 10) bounds it.
+      ``semantic_judge_timeout`` (seconds, default 10) bounds it;
+    * ``semantic_candidates``: how many nearest entries above the threshold the guard
+      looks at, best first (default 3): when the nearest is a hard negative ("top 10"
+      for "top 5"), the next one may be the right answer. One vector query returns
+      them all; the first the guard accepts goes on to the judge (if any) and is served.
     """
 
     semantic: SemanticSettings
     #: The verification stage after a vector search (guard, optional judge, counters).
     verifier: SemanticVerifier
+    #: How many nearest entries above the threshold a lookup verifies.
+    semantic_candidates: int = DEFAULT_SEMANTIC_CANDIDATES
 
     def _init_verifier(self, semantic_guard: Any, semantic_judge: Any,
-                       semantic_judge_timeout: float | None) -> None:
+                       semantic_judge_timeout: float | None,
+                       semantic_candidates: int = DEFAULT_SEMANTIC_CANDIDATES) -> None:
+        if isinstance(semantic_candidates, bool) or not isinstance(semantic_candidates, int) or (
+            not 1 <= semantic_candidates <= 100
+        ):
+            raise ConfigurationError(
+                f"semantic_candidates must be an int in 1..100, got {semantic_candidates!r}"
+            )
+        self.semantic_candidates = semantic_candidates
         self.verifier = SemanticVerifier(parse_guard(semantic_guard), parse_judge(semantic_judge),
                                          semantic_judge_timeout)
 
@@ -281,10 +298,15 @@ class SemanticBackend(Backend):
     async def search_similar(
         self, request: Mapping[str, Any], *, prefix: str, threshold: float | None
     ) -> tuple[bytes, float, str] | None:
-        """Best live entry with the request's filter hash, if its similarity >= threshold.
+        """The nearest live entry with the request's filter hash whose similarity reaches
+        the threshold and which the guard accepts, as (stored bytes, similarity, matched
+        prompt), or ``None``.
 
-        Embeds the request's text once, then asks the store's own index
-        (:meth:`_search_nearest`); a request with nothing to embed finds nothing.
+        Embeds the request's text once and asks the store's own index for the
+        ``semantic_candidates`` nearest entries (:meth:`_search_nearest`); the guard's
+        rejections of the ones passed over are counted here, the returned candidate is
+        verified (and counted) by :meth:`verify_similar`. A request with nothing to embed
+        finds nothing.
         """
         wanted = self.semantic.threshold(threshold)
         prepared = self.semantic.prepare(request, prefix)
@@ -292,14 +314,19 @@ class SemanticBackend(Backend):
             return None
         text, filter_hash = prepared
         vector = await self.semantic.embedder.embed_one(text)
-        return await self._search_nearest(wanted, filter_hash, vector, scope_tag(prefix))
+        candidates = await self._search_nearest(wanted, filter_hash, vector, scope_tag(prefix),
+                                                self.semantic_candidates)
+        for candidate in candidates:
+            if self.verifier.screen(text, candidate[2], candidate[1]) is None:
+                return candidate
+        return None
 
     async def _search_nearest(
-        self, wanted: float, filter_hash: str, vector: Any, scope: str
-    ) -> tuple[bytes, float, str] | None:
-        """The store's nearest live entry with ``filter_hash`` (and ``scope``, the
-        namespace tag) whose similarity is at least ``wanted``, as (stored bytes,
-        similarity, matched prompt), or ``None``."""
+        self, wanted: float, filter_hash: str, vector: Any, scope: str, limit: int
+    ) -> list[tuple[bytes, float, str]]:
+        """Up to ``limit`` of the store's nearest live entries with ``filter_hash`` (and
+        ``scope``, the namespace tag) whose similarity is at least ``wanted``, best
+        first, as (stored bytes, similarity, matched prompt)."""
         raise NotImplementedError
 
     async def index_similar(

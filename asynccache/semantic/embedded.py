@@ -44,6 +44,7 @@ from ..config import split_settings
 from ..contract import WriteItem
 from ..exceptions import ConfigurationError
 from .base import (
+    DEFAULT_SEMANTIC_CANDIDATES,
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
     SemanticBackend,
@@ -180,8 +181,10 @@ class LocalSemanticBackend(SemanticBackend):
         embedding_kwargs: dict[str, Any] | None = None, embedding_cache_size: int = 1024,
         semantic_guard: Any = True, semantic_judge: Any = None,
         semantic_judge_timeout: float | None = 10.0,
+        semantic_candidates: int = DEFAULT_SEMANTIC_CANDIDATES,
     ) -> None:
-        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout,
+                            semantic_candidates)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
@@ -312,9 +315,10 @@ class LocalSemanticBackend(SemanticBackend):
         return len(self._rows)
 
     async def _search_nearest(
-        self, wanted: float, fh: str, vector: Any, scope: str
-    ) -> tuple[bytes, float, str] | None:
-        """Best live entry of the request's partition if its similarity >= threshold."""
+        self, wanted: float, fh: str, vector: Any, scope: str, limit: int
+    ) -> list[tuple[bytes, float, str]]:
+        """The nearest live entries of the request's partition whose similarity reaches
+        the threshold, best first."""
         await self._ensure_loaded()
         query = np.asarray(vector, dtype=np.float32)
         if self._dimension is not None and len(query) != self._dimension:
@@ -322,35 +326,37 @@ class LocalSemanticBackend(SemanticBackend):
                 f"the embedder made a {len(query)}-dimensional vector but the semantic index "
                 f"holds {self._dimension}-dimensional ones"
             )
-        return await self.search_vector(query, fh, scope, wanted)
+        return await self.search_vector(query, fh, scope, wanted, limit)
 
-    async def search_vector(self, query: np.ndarray, fh: str, scope: str, wanted: float
-                            ) -> tuple[bytes, float, str] | None:
+    async def search_vector(self, query: np.ndarray, fh: str, scope: str, wanted: float,
+                            limit: int = 1) -> list[tuple[bytes, float, str]]:
         """The search itself, from an embedded query (a unit vector) and its filter."""
         partition = self._partitions.get((fh, scope))
+        found: list[tuple[bytes, float, str]] = []
         if partition is None:
-            return None
+            return found
         now = self.clock()
         tried: set[int] = set()
-        while True:
+        while len(found) < limit:
             if partition.rows * partition.dimension <= INLINE_SEARCH_FLOATS:
                 best = self._best(partition, query, now, tried)
             else:
                 best = await asyncio.to_thread(self._best, partition, query, now, tried)
             if best is None:
-                return None
+                break
             row, score, key, prompt = best
             similarity = clamp_similarity(score)
             if similarity < wanted or key is None:
-                return None
+                break
+            tried.add(row)
             data = (await self.store.read_many([key]))[0]
             if data is not None:
-                return data, similarity, prompt
-            # The entry is gone (deleted, evicted, expired, cleared elsewhere): drop its
-            # row and try the next best.
-            if self._rows.get(key, (None, -1))[1] == row:
+                found.append((data, similarity, prompt))
+            elif self._rows.get(key, (None, -1))[1] == row:
+                # The entry is gone (deleted, evicted, expired, cleared elsewhere): drop
+                # its row; the next best is tried.
                 self._forget_row(key)
-            tried.add(row)
+        return found
 
     async def _store_indexed(
         self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],

@@ -17,11 +17,26 @@ what changes the answer and rejects the candidate when they differ in:
   ``from X to Y``, ``X into Y``, ``X than Y``);
 * ``entities``: names (capitalised words inside a sentence, acronyms: ``Austria`` vs
   ``Australia``);
+* ``answer_type``: two questions opening with question words that ask for different
+  kinds of answer (*who*: a person, *when* / *what year*: a time, *where*: a place, *how
+  many* / *how much*: a quantity, *how long*: a duration, any other: open): "What is the
+  plot of X?" vs "Who wrote X?". Statements, imperatives and yes/no questions are not
+  compared;
 * ``substitution``: the same sentence with a few content words swapped for others
-  ("How do I *treat* a sunburn?" vs "How do I *prevent* a sunburn?"). Embeddings score
-  such pairs as high as true paraphrases (often above 0.9), so no threshold separates
-  them; the price is that a rewording which only swaps a word for a synonym, leaving
-  every other word in place, is a miss.
+  ("How do I *treat* a sunburn?" vs "How do I *prevent* a sunburn?"), or added to it
+  ("the best laptop" vs "the best laptop *bag*"). Embeddings score such pairs as high as
+  true paraphrases (often above 0.9), so no threshold separates them; the price is that
+  a rewording which only swaps a word for a synonym, leaving every other word in place,
+  is a miss;
+* ``focus``: below ``focus_below`` similarity (default 0.8), two questions on one topic
+  that ask about different things ("What is the *history* of jazz?" vs "What
+  *instruments* are used in jazz?"): they share content words, and one of them carries
+  at least as many content words the other lacks (compared after case, stop words,
+  request words such as "explain" or "tips", plural and tense endings, and common
+  synonyms). Below that similarity a candidate is served only when its content words
+  mostly align with the question's, or when it is a complete rewording sharing none of
+  them (then the embedding alone vouches for it). Above it, wording differences are
+  left to the embedding.
 
 It is pure, local and offline: regular expressions and small (English) word lists, tens
 of microseconds per candidate (a few hundred when both texts are new). In other
@@ -57,18 +72,22 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..controls import validate_threshold
 from ..exceptions import ConfigurationError
 
 __all__ = [
-    "CHECKS", "Judge", "SemanticGuard", "SemanticVerifier", "features", "parse_guard",
-    "parse_judge",
+    "CHECKS", "DEFAULT_FOCUS_BELOW", "Judge", "SemanticGuard", "SemanticVerifier", "features",
+    "parse_guard", "parse_judge",
 ]
 
 logger = logging.getLogger("asynccache")
 
 #: Every check, in the order they run (the first failing one names the rejection).
 CHECKS: tuple[str, ...] = ("quoted", "identifiers", "numbers", "units", "negation", "order",
-                           "entities", "substitution")
+                           "entities", "answer_type", "substitution", "focus")
+
+#: Below this similarity the ``focus`` check demands that the content words align.
+DEFAULT_FOCUS_BELOW = 0.8
 
 # -- word lists ---------------------------------------------------------------------------
 
@@ -163,6 +182,53 @@ best good better please tell explain give show find help need want know let like
 quoted
 """.split())  # noqa: SIM905 (a word list reads better as text)
 
+# Words that phrase a request without saying what it asks about ("Explain X", "tips for
+# X", "the best way to X", "how does X work"): the focus check ignores them.
+_REQUEST_WORDS = frozenset("""
+explain explained describe define definition tell show give list way ways reason reasons tip
+tips advice strategy strategies step steps process method methods proper right correct
+effective effectively easy easily simple simply quick quickly mean means meaning meant does
+did done happen happens actually really exactly basically possible someone something thing
+things use using used make makes making get getting go going work works working guide
+overview summary summarize summarise difference different differ compare comparison
+""".split())  # noqa: SIM905
+
+# Common equivalences the focus check treats as one word (after the crude stem).
+_EQUIVALENCES = (
+    "fix repair mend", "bike bicycle", "tyre tire", "car vehicle automobile",
+    "phone smartphone cellphone mobile", "holiday vacation", "autumn fall", "film movie",
+    "kid child children", "buy purchase", "begin start", "big large huge",
+    "small little tiny", "reduce lower decrease", "stop prevent avoid", "remove eliminate",
+    "fast quick rapid", "job career", "doctor physician", "house home", "cv resume",
+    "rule guideline", "benefit advantage", "drawback disadvantage downside",
+    "cost price", "error mistake", "ill sick", "illness disease", "pc computer",
+    "laptop notebook", "photo picture", "learn study", "choose pick select", "quit leave",
+)
+_CANONICAL = {word: group.split()[0] for group in _EQUIVALENCES for word in group.split()}
+
+# The kind of answer a question opening with these words asks for; any other opening
+# question word ("what", "which", "why", "how") asks an open question.
+_ANSWER_TYPES = (
+    (re.compile(r"(?:who|whom|whose)\b"), "person"),
+    (re.compile(r"(?:when\b|(?:what|which) (?:year|date|time|day|month|century)\b)"), "time"),
+    (re.compile(r"where\b"), "place"),
+    (re.compile(r"how (?:many|much)\b"), "quantity"),
+    (re.compile(r"how long\b"), "duration"),
+    (re.compile(r"(?:what|which|why|how)\b|what's\b"), "open"),
+)
+_LEAD_IN = re.compile(r"^(?:(?:and|so|but|also|then|ok|okay|please|hey|hi)\b[\s,]*)*")
+
+
+def _answer_type(lowered: str) -> str | None:
+    """What a text opening with a question word asks for, else ``None`` (statements,
+    imperatives and yes/no questions are not compared)."""
+    start = _LEAD_IN.sub("", lowered.lstrip(" \"'(\u201c"))
+    for pattern, kind in _ANSWER_TYPES:
+        if pattern.match(start):
+            return kind
+    return None
+
+
 # -- text features -------------------------------------------------------------------------
 
 _QUOTED = re.compile(
@@ -201,6 +267,8 @@ class _Features:
     ordered: frozenset[tuple[str, str]]
     entities: frozenset[str]
     tokens: tuple[str, ...]
+    content: frozenset[str]
+    answer_type: str | None
 
 
 def _format_number(value: float) -> str:
@@ -367,6 +435,12 @@ def features(text: str) -> _Features:
         initials="".join(w[0] for w in plain if w[0].isalpha()),
         ordered=_ordered_pairs(lowered), entities=_entities(rest),
         tokens=tuple(_stem(w) for w in plain),
+        content=frozenset(
+            _CANONICAL.get(w, _CANONICAL.get(_stem(w), _stem(w))) for w in plain
+            if _is_content(w) and w not in _REQUEST_WORDS and w not in _NEGATIONS
+            and w != "quoted"
+        ),
+        answer_type=_answer_type(lowered),
     )
 
 
@@ -425,7 +499,8 @@ class SemanticGuard:
     :meth:`check` returns ``None`` to accept, or the name of the failing check.
     """
 
-    def __init__(self, checks: Iterable[str] = CHECKS) -> None:
+    def __init__(self, checks: Iterable[str] = CHECKS, *,
+                 focus_below: float = DEFAULT_FOCUS_BELOW) -> None:
         chosen = tuple(checks)
         unknown = [c for c in chosen if c not in CHECKS]
         if unknown:
@@ -433,23 +508,29 @@ class SemanticGuard:
                 f"unknown semantic guard check(s) {unknown}; choose from {list(CHECKS)}"
             )
         self.checks = tuple(c for c in CHECKS if c in chosen)
+        self.focus_below = validate_threshold(focus_below, "focus_below")
 
     def check(self, query: str, candidate: str, similarity: float | None = None) -> str | None:
         """``None`` if ``candidate``'s request asks what ``query`` asks, else the reason.
 
-        ``similarity`` is the store's cosine similarity (unused by the built-in checks; part
-        of the interface so a subclass can relax checks for near-identical texts).
+        ``similarity`` is the store's cosine similarity: the ``focus`` check only runs
+        below ``focus_below`` (and not at all when it is ``None``).
         """
         a, b = features(query), features(candidate)
         if a.normalised == b.normalised:
             return None
         for name in self.checks:
-            if _FAILS[name](a, b):
+            if name == "focus":
+                if similarity is not None and similarity < self.focus_below and (
+                    _fails_focus(a, b)
+                ):
+                    return name
+            elif _FAILS[name](a, b):
                 return name
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"checks": list(self.checks)}
+        return {"checks": list(self.checks), "focus_below": self.focus_below}
 
 
 def _fails_negation(a: _Features, b: _Features) -> bool:
@@ -471,6 +552,8 @@ _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
     "negation": _fails_negation,
     "order": _fails_order,
     "entities": lambda a, b: _missing_entity(a.entities, b) or _missing_entity(b.entities, a),
+    "answer_type": lambda a, b: (a.answer_type is not None and b.answer_type is not None
+                                 and a.answer_type != b.answer_type),
     "substitution": lambda a, b: _swapped_words(a.tokens, b.tokens),
 }
 
@@ -478,9 +561,31 @@ _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
 _MAX_SWAP = 3
 
 
+def _same_root(x: str, y: str) -> bool:
+    """Whether two stemmed words are one word in another form ("procrastinat" and
+    "procrastination", "minimalism" and "minimalist")."""
+    if x == y:
+        return True
+    shorter, longer = (x, y) if len(x) <= len(y) else (y, x)
+    if len(shorter) >= 4 and longer.startswith(shorter) and len(longer) - len(shorter) <= 4:
+        return True
+    return len(shorter) >= 6 and shorter[:6] == longer[:6]
+
+
+def _fails_focus(a: _Features, b: _Features) -> bool:
+    """One topic, different questions: the texts share content words, and one of them
+    carries at least as many content words the other lacks ("history of jazz" vs
+    "instruments used in jazz"; "paint a room" vs "choose paint colours for a room").
+    Texts sharing no content word at all are left to the embedding (a full rewording)."""
+    own_a = {x for x in a.content if not any(_same_root(x, y) for y in b.content)}
+    own_b = {y for y in b.content if not any(_same_root(x, y) for x in a.content)}
+    shared = min(len(a.content) - len(own_a), len(b.content) - len(own_b))
+    return shared > 0 and max(len(own_a), len(own_b)) >= shared
+
+
 def _swapped_words(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """Whether ``a`` and ``b`` are one sentence with a span of a few words replaced by
-    another span whose content words are all different."""
+    another span whose content words are all different, or with content words added."""
     shortest = min(len(a), len(b))
     prefix = 0
     while prefix < shortest and a[prefix] == b[prefix]:
@@ -491,12 +596,15 @@ def _swapped_words(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     if prefix + suffix < 2:
         return False  # no shared sentence around the change
     left, right = a[prefix: len(a) - suffix], b[prefix: len(b) - suffix]
-    if not (1 <= len(left) <= _MAX_SWAP and 1 <= len(right) <= _MAX_SWAP):
+    if not (len(left) <= _MAX_SWAP and len(right) <= _MAX_SWAP and (left or right)):
         return False
-    left_content = [w for w in left if _is_content(w)]
-    right_content = [w for w in right if _is_content(w)]
+    left_content = [w for w in left if _is_content(w) and w not in _REQUEST_WORDS]
+    right_content = [w for w in right if _is_content(w) and w not in _REQUEST_WORDS]
+    if not (left_content and right_content):
+        # Content words added to the same sentence narrow the question.
+        return bool(left_content or right_content)
     # Words that share a root ("unsafe" / "safe") are left to the negation check.
-    return bool(left_content and right_content) and not any(
+    return not any(
         x.endswith(y) or y.endswith(x) for x in left_content for y in right_content
     )
 
@@ -555,21 +663,37 @@ class SemanticVerifier:
         self._rejected: Counter[str] = Counter()
         self._guard_seconds = 0.0
 
+    def screen(self, query: str, candidate: str, similarity: float) -> str | None:
+        """The guard's verdict on one of several candidates, before the one to serve is
+        chosen: a rejection is counted here, an acceptance is left to :meth:`verify`
+        (which runs once on the chosen candidate, judge included)."""
+        if self.guard is None:
+            return None
+        reason = self._run_guard(query, candidate, similarity)
+        if reason is not None:
+            with self._lock:
+                self._counts["candidates"] += 1
+                self._rejected[reason] += 1
+        return reason
+
+    def _run_guard(self, query: str, candidate: str, similarity: float) -> str | None:
+        assert self.guard is not None
+        started = time.perf_counter()
+        try:
+            reason = self.guard.check(query, candidate, similarity)
+        except Exception:  # a custom guard's bug is a miss, never a failed call
+            logger.warning("semantic guard failed; the candidate is treated as a miss",
+                           exc_info=True)
+            reason = "guard_error"
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._guard_seconds += elapsed
+            self._counts["guard_checks"] += 1
+        return reason
+
     async def verify(self, query: str, candidate: str, similarity: float) -> str | None:
         """``None`` to serve the candidate, else the reason it is rejected (counted)."""
-        reason: str | None = None
-        if self.guard is not None:
-            started = time.perf_counter()
-            try:
-                reason = self.guard.check(query, candidate, similarity)
-            except Exception:  # a custom guard's bug is a miss, never a failed call
-                logger.warning("semantic guard failed; the candidate is treated as a miss",
-                               exc_info=True)
-                reason = "guard_error"
-            elapsed = time.perf_counter() - started
-            with self._lock:
-                self._guard_seconds += elapsed
-                self._counts["guard_checks"] += 1
+        reason = None if self.guard is None else self._run_guard(query, candidate, similarity)
         if reason is None and self.judge is not None:
             reason = await self._ask_judge(query, candidate, similarity)
         with self._lock:

@@ -39,6 +39,7 @@ from ..config import NotGiven, split_settings
 from ..contract import WriteItem
 from ..exceptions import ConfigurationError
 from .base import (
+    DEFAULT_SEMANTIC_CANDIDATES,
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
     SemanticBackend,
@@ -83,12 +84,14 @@ class PgVectorSemanticBackend(SemanticBackend):
         connect_timeout: float = 5.0,
         semantic_guard: Any = True, semantic_judge: Any = None,
         semantic_judge_timeout: float | None = 10.0,
+        semantic_candidates: int = DEFAULT_SEMANTIC_CANDIDATES,
     ) -> None:
         if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not (
             1 <= ef_search <= 1000
         ):
             raise ConfigurationError(f"ef_search must be an int in 1..1000, got {ef_search!r}")
-        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout,
+                            semantic_candidates)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
@@ -226,9 +229,10 @@ class PgVectorSemanticBackend(SemanticBackend):
     # -- similarity ---------------------------------------------------------------------
 
     async def _search_nearest(
-        self, wanted: float, fh: str, vector: Any, scope: str
-    ) -> tuple[bytes, float, str] | None:
-        """Nearest live row with the same filter hash and scope, if similar enough."""
+        self, wanted: float, fh: str, vector: Any, scope: str, limit: int
+    ) -> list[tuple[bytes, float, str]]:
+        """The nearest live rows with the same filter hash and scope that are similar
+        enough, best first."""
         now = self.clock()
         query = [float(x) for x in vector]
 
@@ -239,17 +243,17 @@ class PgVectorSemanticBackend(SemanticBackend):
                 sa.select(t.c.value, t.c.prompt, distance.label("distance"))
                 .where(t.c.fh == fh, t.c.ns == scope, t.c.embedding.is_not(None),
                        sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now))
-                .order_by(distance).limit(1)
+                .order_by(distance).limit(limit)
             )
-            return (await connection.execute(statement)).first()
+            return (await connection.execute(statement)).all()
 
-        row = await self._run(nearest, dimension=len(query))
-        if row is None:
-            return None
-        similarity = similarity_from_cosine_distance(row.distance)
-        if similarity < wanted:
-            return None
-        return bytes(row.value), similarity, str(row.prompt or "")
+        rows = await self._run(nearest, dimension=len(query))
+        found: list[tuple[bytes, float, str]] = []
+        for row in rows:
+            similarity = similarity_from_cosine_distance(row.distance)
+            if similarity >= wanted:
+                found.append((bytes(row.value), similarity, str(row.prompt or "")))
+        return found
 
     async def _store_indexed(
         self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],

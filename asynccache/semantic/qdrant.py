@@ -37,6 +37,7 @@ from ..contract import WriteItem
 from ..exceptions import ConfigurationError
 from ..keys import stored_key_prefix
 from .base import (
+    DEFAULT_SEMANTIC_CANDIDATES,
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
     SemanticBackend,
@@ -114,6 +115,7 @@ class QdrantSemanticBackend(SemanticBackend):
         purge_interval: float = 60.0, client_options: dict[str, Any] | None = None,
         semantic_guard: Any = True, semantic_judge: Any = None,
         semantic_judge_timeout: float | None = 10.0,
+        semantic_candidates: int = DEFAULT_SEMANTIC_CANDIDATES,
     ) -> None:
         given = [n for n, v in (("qdrant_api_base", qdrant_api_base),
                                 ("qdrant_location", qdrant_location),
@@ -133,7 +135,8 @@ class QdrantSemanticBackend(SemanticBackend):
             raise ConfigurationError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
         if qdrant_semantic_cache_embedding_model is not None:
             embedding = qdrant_semantic_cache_embedding_model
-        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout,
+                            semantic_candidates)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
@@ -409,9 +412,10 @@ class QdrantSemanticBackend(SemanticBackend):
     # -- similarity ---------------------------------------------------------------------
 
     async def _search_nearest(
-        self, wanted: float, fh: str, vector: Any, scope: str
-    ) -> tuple[bytes, float, str] | None:
-        """Best live point with the same filter hash and scope, if its similarity >= threshold."""
+        self, wanted: float, fh: str, vector: Any, scope: str, limit: int
+    ) -> list[tuple[bytes, float, str]]:
+        """The nearest live points with the same filter hash and scope whose similarity
+        reaches the threshold, best first."""
         client = await self._client()
         await self._ensure_collection(client, len(vector))
         condition = qm.Filter(must=[
@@ -426,17 +430,17 @@ class QdrantSemanticBackend(SemanticBackend):
                 rescore=True, oversampling=2.0))
         response = await client.query_points(
             self.collection, query=list(vector), using=VECTOR_NAME, query_filter=condition,
-            limit=1, with_payload=True, with_vectors=False, search_params=params,
+            limit=limit, with_payload=True, with_vectors=False, search_params=params,
+            score_threshold=wanted,
         )
-        if not response.points:
-            return None
-        best = response.points[0]
-        similarity = similarity_from_cosine_score(best.score)
-        payload = best.payload or {}
-        data = self._data(payload)
-        if similarity < wanted or data is None:
-            return None
-        return data, similarity, str(payload.get("prompt", ""))
+        found: list[tuple[bytes, float, str]] = []
+        for point in response.points:
+            similarity = similarity_from_cosine_score(point.score)
+            payload = point.payload or {}
+            data = self._data(payload)
+            if similarity >= wanted and data is not None:
+                found.append((data, similarity, str(payload.get("prompt", ""))))
+        return found
 
     async def _store_indexed(
         self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],

@@ -28,6 +28,7 @@ from ..config import split_settings
 from ..contract import WriteItem
 from ..exceptions import ConfigurationError
 from .base import (
+    DEFAULT_SEMANTIC_CANDIDATES,
     DEFAULT_SIMILARITY_THRESHOLD,
     EmbedWhat,
     SemanticBackend,
@@ -102,6 +103,7 @@ class RedisSemanticBackend(SemanticBackend):
         client_options: dict[str, Any] | None = None, settings: RedisSettings | None = None,
         semantic_guard: Any = True, semantic_judge: Any = None,
         semantic_judge_timeout: float | None = 10.0,
+        semantic_candidates: int = DEFAULT_SEMANTIC_CANDIDATES,
         **connection: Any,
     ) -> None:
         if redis_semantic_cache_embedding_model is not None:
@@ -115,7 +117,8 @@ class RedisSemanticBackend(SemanticBackend):
                 "redis_semantic_cache_index_name must be a non-empty name without spaces, ':' "
                 f"or glob characters, got {index!r}"
             )
-        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout)
+        self._init_verifier(semantic_guard, semantic_judge, semantic_judge_timeout,
+                            semantic_candidates)
         self.semantic = SemanticSettings(
             similarity_threshold=similarity_threshold, embedding=embedding,
             embed_what=embed_what, embedding_dimension=embedding_dimension,
@@ -286,32 +289,31 @@ class RedisSemanticBackend(SemanticBackend):
     # -- similarity ---------------------------------------------------------------------
 
     async def _search_nearest(
-        self, wanted: float, fh: str, vector: Any, scope: str
-    ) -> tuple[bytes, float, str] | None:
-        """Best entry with the same filter hash and scope, if its similarity >= threshold."""
+        self, wanted: float, fh: str, vector: Any, scope: str, limit: int
+    ) -> list[tuple[bytes, float, str]]:
+        """The nearest entries with the same filter hash, similarity >= threshold, best first."""
         client = await self._clients.get()
         await self._ensure_index(client, len(vector))
         # The filter hash already covers the namespace, so the query filters on it alone:
         # a second TAG condition doubles the cost of RediSearch's filtered search (the
         # ``ns`` tag stays in each entry for per-namespace queries and tooling).
         policy = f" HYBRID_POLICY {self.hybrid_policy}" if self.hybrid_policy else ""
-        query = f"(@fh:{{{fh}}})=>[KNN 1 @vec $B{policy} AS dist]"
+        query = f"(@fh:{{{fh}}})=>[KNN {limit} @vec $B{policy} AS dist]"
         result = await client.execute_command(
             "FT.SEARCH", self.index_name, query, "PARAMS", "2", "B", _pack(vector),
-            "RETURN", "3", "dist", "v", "prompt", "SORTBY", "dist", "LIMIT", "0", "1",
+            "RETURN", "3", "dist", "v", "prompt", "SORTBY", "dist", "LIMIT", "0", str(limit),
             "DIALECT", "2",
         )
-        best = _first_result(result)
-        if best is None:
-            return None
-        data = _get(best, "v")
-        distance = _get(best, "dist")
-        if not isinstance(data, bytes) or distance is None:
-            return None
-        similarity = similarity_from_cosine_distance(float(_text(distance)))
-        if similarity < wanted:
-            return None
-        return data, similarity, _text(_get(best, "prompt"))
+        found: list[tuple[bytes, float, str]] = []
+        for fields in _results(result):
+            data = _get(fields, "v")
+            distance = _get(fields, "dist")
+            if not isinstance(data, bytes) or distance is None:
+                continue
+            similarity = similarity_from_cosine_distance(float(_text(distance)))
+            if similarity >= wanted:
+                found.append((data, similarity, _text(_get(fields, "prompt"))))
+        return found
 
     async def _store_indexed(
         self, items: Sequence[WriteItem], prepared: Sequence[tuple[str, str] | None],
@@ -334,17 +336,15 @@ class RedisSemanticBackend(SemanticBackend):
             await pipe.execute()
 
 
-def _first_result(result: Any) -> dict[Any, Any] | None:
-    """The first document of an FT.SEARCH reply (RESP3 map or RESP2 list) as a field map."""
+def _results(result: Any) -> list[dict[Any, Any]]:
+    """The documents of an FT.SEARCH reply (RESP3 map or RESP2 list) as field maps."""
     if isinstance(result, Mapping):
-        rows = _get(result, "results") or []
-        if not rows:
-            return None
-        row = _as_map(rows[0])
-        return _as_map(_get(row, "extra_attributes"))
-    if isinstance(result, list) and len(result) >= 3:
-        return _as_map(result[2])
-    return None
+        return [_as_map(_get(_as_map(row), "extra_attributes"))
+                for row in _get(result, "results") or []]
+    if isinstance(result, list):
+        # [total, id, fields, id, fields, ...]
+        return [_as_map(fields) for fields in result[2::2]]
+    return []
 
 
 async def _close_client(client: aioredis.Redis) -> None:
