@@ -499,3 +499,16 @@ async def test_single_sets_on_the_loop_hand_eviction_to_the_writer_thread(db_pat
         assert await backend._read(backend.used_bytes) <= limit
         assert await cache.async_get_cache("k599") == value
         assert await cache.async_get_cache("k0") is None
+
+
+async def test_an_expired_row_is_a_miss_on_the_loop_thread_too(db_path):
+    clock = FakeClock()
+    async with SQLiteCache(path=db_path, clock=clock) as cache:
+        backend = await _warm(cache)
+        assert await cache.async_set_cache("short", 1, ttl=10) is True
+        assert await cache.async_get_cache("short") == 1
+        clock.advance(11)
+        loop_batches, thread_batches = backend.loop_batches, backend.thread_batches
+        assert await backend.read_many([cache._stored_key("short", None)]) == [None]
+        assert await cache.async_get_cache("short") is None
+        assert (backend.loop_batches - loop_batches, backend.thread_batches) == (2, thread_batches)
