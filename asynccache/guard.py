@@ -245,6 +245,7 @@ class GuardedBackend:
         self._probe_loop: asyncio.AbstractEventLoop | None = None
         # run_now times the first call of each operation, then one in SAMPLE_EVERY.
         self._countdowns: dict[str, int] = {}
+        self._sampled = not backend.remote
         # The single-key lean path (read_one_now / write_one_now) of loop-free backends.
         self._reads_left = self._writes_left = 1
         if backend.loop_free:
@@ -253,7 +254,8 @@ class GuardedBackend:
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]], fallback: T,
                     skipped: int = 1) -> tuple[bool, T]:
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if breaker.state is not _CLOSED and not breaker.allow():
             self.stats.add("skipped_open_circuit", skipped)
             self._ensure_probe()
             # One pass of the loop: a caller retrying in a tight loop would otherwise never
@@ -261,7 +263,15 @@ class GuardedBackend:
             # never run.
             await asyncio.sleep(0)
             return False, fallback
-        started = time.perf_counter()
+        started: float | None
+        if self._sampled:
+            # An in-process store answers in microseconds: timing every call (and taking
+            # the stats lock for it) would cost a noticeable share of the call.
+            left = self._countdowns.get(operation, 1) - 1
+            self._countdowns[operation] = left or SAMPLE_EVERY
+            started = None if left else time.perf_counter()
+        else:
+            started = time.perf_counter()
         try:
             if self.timeout is None:
                 result = await make()
@@ -271,14 +281,12 @@ class GuardedBackend:
             else:  # pragma: no cover - Python 3.10
                 result = await asyncio.wait_for(make(), self.timeout)
         except Exception as exc:
-            self.stats.observe(operation, time.perf_counter() - started)
-            self.stats.add("timeouts" if isinstance(exc, TimeoutError) else "errors")
-            if self.breaker.record_failure():
-                self._ensure_probe()
-            self.log.error(operation, self.backend.name, exc, self.timeout)
+            self._failed(operation, exc, started)
             return False, fallback
-        self.stats.observe(operation, time.perf_counter() - started)
-        self.breaker.record_success()
+        if started is not None:
+            self.stats.observe(operation, time.perf_counter() - started)
+        if breaker.consecutive_failures or breaker.state is not _CLOSED:
+            breaker.record_success()
         return True, result
 
     def _ensure_probe(self) -> None:
@@ -288,8 +296,11 @@ class GuardedBackend:
         with self.breaker._lock:
             if self._probe_alive():
                 return
-            loop = asyncio.get_running_loop()
-            if is_caller_loop(loop):
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:  # a loop-free backend's sync twin: no loop in this thread
+                loop = None
+            if loop is None or is_caller_loop(loop):
                 # A sync caller's own loop runs only during its calls: probe from the
                 # bridge loop, which always runs.
                 self._probe_loop = bridge_loop()
@@ -382,6 +393,7 @@ class GuardedBackend:
         breaker = self.breaker
         if breaker.state is not _CLOSED and not breaker.allow():
             self.stats.add("skipped_open_circuit", skipped)
+            self._ensure_probe()
             return False, fallback
         started = time.perf_counter()
         try:
@@ -400,9 +412,10 @@ class GuardedBackend:
         self._countdowns.clear()
         if started is not None:
             self.stats.observe(operation, time.perf_counter() - started)
-        self.stats.add("errors")
-        self.breaker.record_failure()
-        self.log.error(operation, self.backend.name, exc)
+        self.stats.add("timeouts" if isinstance(exc, TimeoutError) else "errors")
+        if self.breaker.record_failure():
+            self._ensure_probe()
+        self.log.error(operation, self.backend.name, exc, self.timeout)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         empty: list[bytes | None] = []

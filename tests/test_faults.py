@@ -16,10 +16,12 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 
 import pytest
 
-from asynccache import Cache, DualCache, MemoryCache
+from asynccache import BaseCache, Cache, DualCache, MemoryCache
+from asynccache.backends.memory import MemoryBackend
 from asynccache.exceptions import ConfigurationError
 from benchmarks.fault_report import (
     WAIT_LIMIT,
@@ -331,3 +333,38 @@ async def test_object_store_killed_mid_batch_no_exception_and_recovery(private_s
     assert stats["set_failures"] > 0
     assert stats["circuit"] == "closed"
     assert figures.all_workers_recovered_s >= figures.recovery_s >= 0
+
+
+class _FlakyMemory(MemoryBackend):
+    """An in-process (loop-free) store that fails while ``broken`` is set."""
+
+    broken = False
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if self.broken:
+            raise OSError("store unavailable")
+        return await super().read_many(keys)
+
+    async def check_health(self) -> None:
+        if self.broken:
+            raise OSError("store unavailable")
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["async", "sync twin"])
+async def test_an_in_process_store_that_failed_is_probed_and_closes_again(twin):
+    backend = _FlakyMemory()
+    cache = BaseCache(backend, breaker_threshold=2)
+    assert cache._lean  # the lean path, which has no task of its own to probe from
+    get = (lambda key: asyncio.to_thread(cache.get_cache, key)) if twin else cache.async_get_cache
+    try:
+        await cache.async_set_cache("k", "v")
+        backend.broken = True
+        for _ in range(5):
+            assert await get("k") is None  # failures, then skipped: misses, never errors
+        assert cache.stats()["circuit"] == "open" and cache.stats()["skipped_open_circuit"] == 3
+        backend.broken = False
+        await wait_until(lambda: cache.stats()["circuit"] == "closed",
+                         "a background probe to close the circuit", step=0.01)
+        assert await get("k") == "v"
+    finally:
+        await cache.aclose()
