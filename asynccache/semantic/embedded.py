@@ -104,11 +104,13 @@ class _Partition:
         self.keys[row] = None
         self.expires[row] = -_NEVER
 
-    def best(self, query: np.ndarray, now: float, exclude: set[int]) -> tuple[int, float] | None:
-        """The live row most similar to ``query`` (a unit vector), and its cosine."""
+    def nearest(self, query: np.ndarray, now: float, exclude: set[int],
+                limit: int) -> list[tuple[int, float]]:
+        """Up to ``limit`` live rows most similar to ``query`` (a unit vector), best first,
+        with their cosines: every row is scored once, whatever ``limit``."""
         count = self.rows
-        if not count:
-            return None
+        if not count or limit <= 0:
+            return []
         # einsum, not ``@``: a matrix-vector product is memory-bound, and BLAS spreads it
         # over every core, which on a busy machine measured 10x slower (8 ms vs 0.6 ms
         # median at 10,000 x 384) than numpy's own single-threaded SIMD loop.
@@ -116,11 +118,12 @@ class _Partition:
         scores[self.expires[:count] <= now] = -np.inf
         for row in exclude:
             scores[row] = -np.inf
-        row = int(np.argmax(scores))
-        score = float(scores[row])
-        if score == -np.inf:
-            return None
-        return row, score
+        if limit < count:
+            top = np.argpartition(scores, count - limit)[count - limit:]
+            top = top[np.argsort(scores[top])[::-1]]
+        else:
+            top = np.argsort(scores)[::-1]
+        return [(int(row), float(scores[row])) for row in top if scores[row] != -np.inf]
 
 
 def _pack_record(key: str, fh: str, scope: str, expires_at: float, prompt: str,
@@ -244,14 +247,11 @@ class LocalSemanticBackend(SemanticBackend):
                 where, row = found
                 self._partitions[where].drop(row)
 
-    def _best(self, partition: _Partition, query: np.ndarray, now: float, tried: set[int]
-              ) -> tuple[int, float, str | None, str] | None:
+    def _nearest(self, partition: _Partition, query: np.ndarray, now: float, tried: set[int],
+                 limit: int) -> list[tuple[int, float, str | None, str]]:
         with self._index_lock:
-            best = partition.best(query, now, tried)
-            if best is None:
-                return None
-            row, score = best
-            return row, score, partition.keys[row], partition.prompts[row]
+            return [(row, score, partition.keys[row], partition.prompts[row])
+                    for row, score in partition.nearest(query, now, tried, limit)]
 
     def _load_blocking(self) -> None:
         """Read the index log once (worker thread only)."""
@@ -338,24 +338,36 @@ class LocalSemanticBackend(SemanticBackend):
         now = self.clock()
         tried: set[int] = set()
         while len(found) < limit:
+            # One scoring pass ranks every candidate; another runs only when entries of
+            # the first ranking were gone from the store.
+            needed = limit - len(found)
             if partition.rows * partition.dimension <= INLINE_SEARCH_FLOATS:
-                best = self._best(partition, query, now, tried)
+                ranked = self._nearest(partition, query, now, tried, needed)
             else:
-                best = await asyncio.to_thread(self._best, partition, query, now, tried)
-            if best is None:
+                ranked = await asyncio.to_thread(self._nearest, partition, query, now, tried,
+                                                 needed)
+            close: list[tuple[int, float, str, str]] = []
+            for row, score, key, prompt in ranked:
+                similarity = clamp_similarity(score)
+                if similarity < wanted or key is None:
+                    break
+                close.append((row, similarity, key, prompt))
+            if not close:
                 break
-            row, score, key, prompt = best
-            similarity = clamp_similarity(score)
-            if similarity < wanted or key is None:
+            gone = False
+            stored = await self.store.read_many([key for _, _, key, _ in close])
+            for (row, similarity, key, prompt), data in zip(close, stored, strict=True):
+                tried.add(row)
+                if data is not None:
+                    found.append((data, similarity, prompt))
+                else:
+                    gone = True
+                    if self._rows.get(key, (None, -1))[1] == row:
+                        # The entry is gone (deleted, evicted, expired, cleared
+                        # elsewhere): drop its row; the next best is tried.
+                        self._forget_row(key)
+            if not gone or len(close) < len(ranked):
                 break
-            tried.add(row)
-            data = (await self.store.read_many([key]))[0]
-            if data is not None:
-                found.append((data, similarity, prompt))
-            elif self._rows.get(key, (None, -1))[1] == row:
-                # The entry is gone (deleted, evicted, expired, cleared elsewhere): drop
-                # its row; the next best is tried.
-                self._forget_row(key)
         return found
 
     async def _store_indexed(
