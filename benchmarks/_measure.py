@@ -8,6 +8,7 @@ the median run with the min-max spread.
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -90,16 +91,24 @@ async def measure(
     warmup: int = 1,
     probe_loop: bool = False,
     count_final_stall: bool = False,
+    probe: LoopLagProbe | None = None,
 ) -> Result:
     """Time ``run`` (which does ``ops`` operations) and return its :class:`Result`.
 
     ``probe_loop`` records the event loop's lag during the timed runs (see
-    :class:`LoopLagProbe` for ``count_final_stall``).
+    :class:`LoopLagProbe` for ``count_final_stall``); a ``probe`` passed in is used
+    instead and keeps its samples across calls (the lag is then over all of them).
     """
+    # Every row starts from the same heap: what earlier rows left is collected, and what
+    # is still alive (the peers' imports, caches filled for other rows) is moved out of the
+    # collector's reach, so a full collection it would trigger is not charged to this row.
+    gc.collect()
+    gc.freeze()
     for _ in range(warmup):
         await run()
     durations: list[float] = []
-    probe = LoopLagProbe(count_final_stall=count_final_stall) if probe_loop else None
+    if probe is None and probe_loop:
+        probe = LoopLagProbe(count_final_stall=count_final_stall)
     if probe is not None:
         await probe.__aenter__()
         await asyncio.sleep(0)  # let the ticker arm its first wake-up

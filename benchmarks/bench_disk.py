@@ -17,12 +17,14 @@ expire=ttl)`` and ``.get(key)`` from ``async def`` methods), so the comparison s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import statistics
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks._measure import Result, measure, target_lines
+from benchmarks._measure import LoopLagProbe, Result, measure, target_lines
 from benchmarks.bench_core import completion
 
 TTL = 3600
@@ -97,64 +99,106 @@ def _contenders() -> list[tuple[str, Build]]:
     return contenders
 
 
-async def _one(library: str, build: Build, ops: int, repeats: int) -> list[Result]:
-    value = completion()
-    keys = [f"bench-{i}" for i in range(ops)]
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="asynccache-bench-") as folder:
-        cache = build(folder)
+Operation = Callable[[Any, list[str], Any], Callable[[], Awaitable[None]]]
 
-        async def set_sequential() -> None:
-            for key in keys:
-                await cache.async_set_cache(key, value, ttl=TTL)
 
-        async def get_sequential() -> None:
-            for key in keys:
-                await cache.async_get_cache(key)
-
-        def tasks(op: Callable[[str], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
-            async def worker(share: list[str]) -> None:
-                for key in share:
-                    await op(key)
-
-            async def run() -> None:
-                await asyncio.gather(*(worker(keys[i::TASKS]) for i in range(TASKS)))
-            return run
-
-        async def set_one(key: str) -> None:
+def _sequential_set(cache: Any, keys: list[str], value: Any) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        for key in keys:
             await cache.async_set_cache(key, value, ttl=TTL)
+    return run
 
-        try:
-            for scenario, contender in (
-                ("disk set 2KB (sequential)", set_sequential),
-                ("disk get 2KB (sequential)", get_sequential),
-                (f"disk get 2KB x{TASKS} tasks", tasks(cache.async_get_cache)),
-                (f"disk set 2KB x{TASKS} tasks", tasks(set_one)),
-            ):
-                results.append(await measure(scenario, library, contender, ops,
-                                             repeats=repeats, probe_loop=True,
-                                             count_final_stall=True))
-                if scenario.startswith("disk set"):
-                    found = await cache.async_get_cache(keys[-1])
-                    if found != value:
-                        raise AssertionError(f"{library} read back a wrong value")
-        finally:
-            closer = getattr(cache, "aclose", None)
-            if closer is not None:
-                await closer()
-            else:
-                cache.close()
-    return results
+
+def _sequential_get(cache: Any, keys: list[str], value: Any) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        for key in keys:
+            await cache.async_get_cache(key)
+    return run
+
+
+def _in_tasks(op: Callable[[Any, str, Any], Awaitable[Any]]) -> Operation:
+    def make(cache: Any, keys: list[str], value: Any) -> Callable[[], Awaitable[None]]:
+        async def worker(share: list[str]) -> None:
+            for key in share:
+                await op(cache, key, value)
+
+        async def run() -> None:
+            await asyncio.gather(*(worker(keys[i::TASKS]) for i in range(TASKS)))
+        return run
+    return make
+
+
+async def _get(cache: Any, key: str, value: Any) -> Any:
+    return await cache.async_get_cache(key)
+
+
+async def _set(cache: Any, key: str, value: Any) -> Any:
+    return await cache.async_set_cache(key, value, ttl=TTL)
+
+
+SCENARIOS: list[tuple[str, Operation]] = [
+    ("disk set 2KB (sequential)", _sequential_set),
+    ("disk get 2KB (sequential)", _sequential_get),
+    (f"disk get 2KB x{TASKS} tasks", _in_tasks(_get)),
+    (f"disk set 2KB x{TASKS} tasks", _in_tasks(_set)),
+]
+
+
+def _merged(rounds: list[Result], probe: LoopLagProbe) -> Result:
+    """One row from single-run rounds: the median round, the fastest and slowest, and the
+    loop lag over every round's samples."""
+    first = rounds[0]
+    return Result(first.scenario, first.library, first.ops,
+                  statistics.median(r.median_s for r in rounds), min(r.min_s for r in rounds),
+                  max(r.max_s for r in rounds), probe.p99_ms())
+
+
+async def _close(cache: Any) -> None:
+    closer = getattr(cache, "aclose", None)
+    if closer is not None:
+        await closer()
+    else:
+        cache.close()
 
 
 async def run(quick: bool) -> list[Result]:
-    """Sequential and 64-task get/set for asynccache's disk store and LiteLLM's DiskCache."""
+    """Sequential and 64-task get/set for asynccache's disk stores and LiteLLM's DiskCache.
+
+    The contenders take turns within each scenario, one run each per round: on a shared
+    machine the load changes from second to second, and taking turns exposes them all to
+    the same conditions, so the ratios hold better than with each one's runs back to back.
+    """
     notes.clear()
-    ops = 500 if quick else 2000
-    repeats = 3 if quick else 5
-    by_library = [await _one(name, build, ops, repeats) for name, build in _contenders()]
-    # Rows grouped by scenario, asynccache first.
-    return [row for rows in zip(*by_library, strict=True) for row in rows]
+    ops = 1000 if quick else 2000
+    repeats = 5 if quick else 9
+    value = completion()
+    keys = [f"bench-{i}" for i in range(ops)]
+    results: list[Result] = []
+    with contextlib.ExitStack() as folders:
+        caches = [(library, build(folders.enter_context(
+                      tempfile.TemporaryDirectory(prefix="asynccache-bench-"))))
+                  for library, build in _contenders()]
+        try:
+            for scenario, operation in SCENARIOS:
+                rounds: dict[str, list[Result]] = {library: [] for library, _ in caches}
+                probes = {library: LoopLagProbe(count_final_stall=True)
+                          for library, _ in caches}
+                runs = {library: operation(cache, keys, value) for library, cache in caches}
+                for turn in range(repeats):
+                    for library, _ in caches:
+                        rounds[library].append(await measure(
+                            scenario, library, runs[library], ops, repeats=1,
+                            warmup=1 if turn == 0 else 0, probe=probes[library]))
+                results.extend(_merged(rounds[library], probes[library])
+                               for library, _ in caches)
+                if scenario.startswith("disk set"):
+                    for library, cache in caches:
+                        if await cache.async_get_cache(keys[-1]) != value:
+                            raise AssertionError(f"{library} read back a wrong value")
+        finally:
+            for _, cache in caches:
+                await _close(cache)
+    return results
 
 
 def stall_lines(results: list[Result]) -> list[str]:

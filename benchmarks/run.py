@@ -49,7 +49,7 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("memory", "benchmarks.bench_core", "run_memory",
           "in-memory set/get vs dict, litellm, aiocache, cashews"),
     Group("core", "benchmarks.bench_core", "run_core",
-          "key building, sync-shim overhead, facade hit"),
+          "key building, lookup by request (facade hit)"),
     Group("footprint", "benchmarks.bench_memory_footprint", "run",
           "bytes per entry, each library in a fresh process"),
     Group("disk", "benchmarks.bench_disk", "run", "disk backend get/set"),
