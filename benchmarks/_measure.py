@@ -11,7 +11,7 @@ import asyncio
 import gc
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -122,6 +122,40 @@ async def measure(
             await probe.__aexit__(None, None, None)
     return Result(scenario, library, ops, statistics.median(durations), min(durations),
                   max(durations), probe.p99_ms() if probe is not None else None)
+
+
+async def measure_in_turns(
+    scenario: str,
+    contenders: Sequence[tuple[str, Callable[[], Awaitable[Any]], bool]],
+    ops: int,
+    *,
+    repeats: int = 5,
+    count_final_stall: bool = False,
+) -> list[Result]:
+    """:func:`measure` for several ``(library, run, probe_loop)`` contenders taking turns:
+    one timed run each per round, ``repeats`` rounds.
+
+    On a shared machine the load changes from second to second; taking turns exposes every
+    contender to the same conditions, so the ratios within the scenario hold better than
+    with each one's runs back to back. A row's time is its median round, its loop lag the
+    p99 over all its rounds.
+    """
+    rounds: dict[str, list[Result]] = {library: [] for library, _, _ in contenders}
+    probes = {library: LoopLagProbe(count_final_stall=count_final_stall)
+              for library, _, probe_loop in contenders if probe_loop}
+    for turn in range(repeats):
+        for library, run, _ in contenders:
+            rounds[library].append(await measure(
+                scenario, library, run, ops, repeats=1, warmup=1 if turn == 0 else 0,
+                probe=probes.get(library)))
+    merged = []
+    for library, _, _ in contenders:
+        done = rounds[library]
+        probe = probes.get(library)
+        merged.append(Result(scenario, library, ops, statistics.median(r.median_s for r in done),
+                             min(r.min_s for r in done), max(r.max_s for r in done),
+                             None if probe is None else probe.p99_ms()))
+    return merged
 
 
 def ratio(result: Result, baseline: Result) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._measure import Result, measure
+from benchmarks._measure import Result, measure_in_turns
 
 # litellm fetches its model price map over the network at import time unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -131,12 +131,11 @@ def _litellm_cache() -> Any:
 
 async def _measure_all(scenario: str, contenders: list[tuple[str, Contender, bool, dict]],
                        ops: int, repeats: int) -> list[Result]:
-    results = []
-    for library, run, ours, extra in contenders:
-        result = await measure(scenario, library, run, ops, repeats=repeats, warmup=1,
-                               probe_loop=ours)
+    results = await measure_in_turns(scenario, [(library, run, ours)
+                                                for library, run, ours, _ in contenders],
+                                     ops, repeats=repeats)
+    for result, (_, _, _, extra) in zip(results, contenders, strict=True):
         result.extra.update(extra)
-        results.append(result)
     return results
 
 

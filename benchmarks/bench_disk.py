@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks._measure import LoopLagProbe, Result, measure, target_lines
+from benchmarks._measure import Result, measure_in_turns, target_lines
 from benchmarks.bench_core import completion
 
 TTL = 3600
@@ -144,15 +143,6 @@ SCENARIOS: list[tuple[str, Operation]] = [
 ]
 
 
-def _merged(rounds: list[Result], probe: LoopLagProbe) -> Result:
-    """One row from single-run rounds: the median round, the fastest and slowest, and the
-    loop lag over every round's samples."""
-    first = rounds[0]
-    return Result(first.scenario, first.library, first.ops,
-                  statistics.median(r.median_s for r in rounds), min(r.min_s for r in rounds),
-                  max(r.max_s for r in rounds), probe.p99_ms())
-
-
 async def _close(cache: Any) -> None:
     closer = getattr(cache, "aclose", None)
     if closer is not None:
@@ -162,12 +152,8 @@ async def _close(cache: Any) -> None:
 
 
 async def run(quick: bool) -> list[Result]:
-    """Sequential and 64-task get/set for asynccache's disk stores and LiteLLM's DiskCache.
-
-    The contenders take turns within each scenario, one run each per round: on a shared
-    machine the load changes from second to second, and taking turns exposes them all to
-    the same conditions, so the ratios hold better than with each one's runs back to back.
-    """
+    """Sequential and 64-task get/set for asynccache's disk stores and LiteLLM's DiskCache,
+    the contenders taking turns run by run (:func:`~benchmarks._measure.measure_in_turns`)."""
     notes.clear()
     ops = 1000 if quick else 2000
     repeats = 5 if quick else 9
@@ -180,17 +166,10 @@ async def run(quick: bool) -> list[Result]:
                   for library, build in _contenders()]
         try:
             for scenario, operation in SCENARIOS:
-                rounds: dict[str, list[Result]] = {library: [] for library, _ in caches}
-                probes = {library: LoopLagProbe(count_final_stall=True)
-                          for library, _ in caches}
-                runs = {library: operation(cache, keys, value) for library, cache in caches}
-                for turn in range(repeats):
-                    for library, _ in caches:
-                        rounds[library].append(await measure(
-                            scenario, library, runs[library], ops, repeats=1,
-                            warmup=1 if turn == 0 else 0, probe=probes[library]))
-                results.extend(_merged(rounds[library], probes[library])
-                               for library, _ in caches)
+                results.extend(await measure_in_turns(
+                    scenario, [(library, operation(cache, keys, value), True)
+                               for library, cache in caches],
+                    ops, repeats=repeats, count_final_stall=True))
                 if scenario.startswith("disk set"):
                     for library, cache in caches:
                         if await cache.async_get_cache(keys[-1]) != value:
