@@ -455,16 +455,6 @@ class BaseCache:
         stored = self._stored_key(key, ns)
         return self._to_hit(stored, self._guard.read_one_now(stored), ns, max_age, self.clock())
 
-    async def _get_value(self, key: str, namespace: str | NotGiven | None,
-                         max_age: float | None) -> Any:
-        # The hot path of async_get_cache: no CacheHit is built for a plain value.
-        if self._lean:
-            return self._value_now(key, namespace, max_age)
-        self._check_open()
-        ns = self._namespace(namespace)
-        data = await self._read_one(self._stored_key(key, ns))
-        return self._decode_values((data,), ns, max_age)[0]
-
     async def async_get_cache(
         self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
         max_age: float | None = None,
@@ -474,9 +464,16 @@ class BaseCache:
         A backend failure, an expired entry or an entry that cannot be decoded is a miss
         (and counted in :meth:`stats`), never an exception.
         """
-        if self._lean:  # no second coroutine on the in-process hot path
+        if self._lean:  # no await at all on the in-process hot path
             return self._value_now(key, namespace, max_age)
-        return await self._get_value(key, namespace, max_age)
+        self._check_open()
+        ns = self.namespace if namespace is NOT_GIVEN else namespace
+        stored = stored_key(key, ns)
+        if self._coalescer is not None and self._queue is None:
+            data = await self._coalescer.get(stored)  # one frame less than _read_one
+        else:
+            data = await self._read_one(stored)
+        return self._decode_values((data,), ns, max_age)[0]
 
     async def async_batch_get_entries(
         self, keys: Sequence[str], *, namespace: str | NotGiven | None = NOT_GIVEN,
