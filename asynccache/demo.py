@@ -378,7 +378,7 @@ def format_report(report: DemoReport) -> str:
     if get:
         lines.append("")
         lines.append(f"cache get latency (cache.stats()): p50 {get['p50_ms']:.3f} ms, "
-                     f"p99 {get['p99_ms']:.3f} ms over {get['count']} reads")
+                     f"p99 {get['p99_ms']:.3f} ms over {get['count']} timed reads")
     lines += _savings_lines(report.cache_stats.get("saved") or {})
     lines.append(_sampling_line(report))
     lines.append("every answer from the cache matched the model's: "
