@@ -108,6 +108,34 @@ def test_answer_type_compares_only_questions_opening_with_a_question_word(a, b):
     assert SemanticGuard(["answer_type"]).check(a, b) is None
 
 
+# Rewordings the guard used to reject for a surface difference (similarity above
+# ``focus_below``, as the embedding scores them).
+@pytest.mark.parametrize(("a", "b"), [
+    # "Which <person noun>" asks for a person as "who" does; only the opening differs.
+    ('Who said "I think, therefore I am"?', 'Which philosopher said "I think, therefore I am"?'),
+    ("Who painted the Mona Lisa?", "Which artist painted the Mona Lisa?"),
+    # "-less" negates as "without" does.
+    ("How do I make a cake without eggs?", "How do I make an eggless cake?"),
+])
+def test_same_question_in_other_words_is_accepted(a, b):
+    assert SemanticGuard().check(a, b, 0.9) is None
+    assert SemanticGuard().check(b, a, 0.9) is None
+
+
+@pytest.mark.parametrize(("a", "b", "reason"), [
+    # A person asked for, then a time: still different answers.
+    ("Which scientist discovered penicillin?", "When was penicillin discovered?",
+     "answer_type"),
+    # Same kind of answer, but the rest of the question changed.
+    ("Who wrote Hamlet?", "Which author wrote Macbeth?", "entities"),
+    # "eggless" vs "with eggs": a negation on one side only.
+    ("How do I make an eggless cake?", "How do I make a cake with eggs?", "negation"),
+])
+def test_question_phrase_and_suffix_rules_still_reject_other_questions(a, b, reason):
+    assert SemanticGuard().check(a, b, 0.9) == reason
+    assert SemanticGuard().check(b, a, 0.9) == reason
+
+
 # Below ``focus_below`` (0.8) one topic asked about differently is rejected; a rewording
 # whose content words align, or one sharing none of them, is left to the embedding.
 @pytest.mark.parametrize(("a", "b", "verdict"), [
@@ -118,6 +146,7 @@ def test_answer_type_compares_only_questions_opening_with_a_question_word(a, b):
     ("What is the difference between weather and climate?",
      "How is climate different from weather?", None),
     ("How do airplanes stay in the air?", "What keeps a plane flying?", None),
+    ("How do I wash a wool sweater?", "What's the right way to clean a woollen jumper?", None),
 ])
 def test_focus_rejects_one_topic_asked_about_differently(a, b, verdict):
     guard = SemanticGuard()

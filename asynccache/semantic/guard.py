@@ -203,6 +203,7 @@ _EQUIVALENCES = (
     "rule guideline", "benefit advantage", "drawback disadvantage downside",
     "cost price", "error mistake", "ill sick", "illness disease", "pc computer",
     "laptop notebook", "photo picture", "learn study", "choose pick select", "quit leave",
+    "clean wash", "sweater jumper",
 )
 _CANONICAL = {word: group.split()[0] for group in _EQUIVALENCES for word in group.split()}
 
@@ -210,6 +211,10 @@ _CANONICAL = {word: group.split()[0] for group in _EQUIVALENCES for word in grou
 # question word ("what", "which", "why", "how") asks an open question.
 _ANSWER_TYPES = (
     (re.compile(r"(?:who|whom|whose)\b"), "person"),
+    # "Which philosopher said X?" asks for a person as "Who said X?" does.
+    (re.compile(r"(?:what|which) (?:person|people|man|woman|author|writer|poet|"
+                r"philosopher|scientist|inventor|artist|painter|composer|president|king|"
+                r"queen|leader|actor|actress|singer|player)\b"), "person"),
     (re.compile(r"(?:when\b|(?:what|which) (?:year|date|time|day|month|century)\b)"), "time"),
     (re.compile(r"where\b"), "place"),
     (re.compile(r"how (?:many|much)\b"), "quantity"),
@@ -219,14 +224,17 @@ _ANSWER_TYPES = (
 _LEAD_IN = re.compile(r"^(?:(?:and|so|but|also|then|ok|okay|please|hey|hi)\b[\s,]*)*")
 
 
-def _answer_type(lowered: str) -> str | None:
+def _answer_type(lowered: str) -> tuple[str | None, int]:
     """What a text opening with a question word asks for, else ``None`` (statements,
-    imperatives and yes/no questions are not compared)."""
+    imperatives and yes/no questions are not compared), and how many words open it up
+    to the end of the question phrase ("Which philosopher": 2)."""
     start = _LEAD_IN.sub("", lowered.lstrip(" \"'(\u201c"))
     for pattern, kind in _ANSWER_TYPES:
-        if pattern.match(start):
-            return kind
-    return None
+        found = pattern.match(start)
+        if found:
+            opening = lowered[: len(lowered) - len(start) + found.end()]
+            return kind, len(_WORD.findall(opening))
+    return None, 0
 
 
 # -- text features -------------------------------------------------------------------------
@@ -269,6 +277,7 @@ class _Features:
     tokens: tuple[str, ...]
     content: frozenset[str]
     answer_type: str | None
+    opening: int
 
 
 def _format_number(value: float) -> str:
@@ -427,6 +436,7 @@ def features(text: str) -> _Features:
     lowered = _THOUSANDS.sub("", rest).lower().replace("\u2019", "'")
     words = _WORD.findall(lowered)
     numbers, units = _numbers_and_units(words)
+    answer_type, opening = _answer_type(lowered)
     plain = [_strip_possessive(w) for w in words]
     return _Features(
         normalised=" ".join(text.casefold().split()).rstrip(" .?!"),
@@ -440,7 +450,7 @@ def features(text: str) -> _Features:
             if _is_content(w) and w not in _REQUEST_WORDS and w not in _NEGATIONS
             and w != "quoted"
         ),
-        answer_type=_answer_type(lowered),
+        answer_type=answer_type, opening=opening,
     )
 
 
@@ -453,9 +463,15 @@ def _stem(word: str) -> str:
 
 
 def _prefix_negations(words: frozenset[str], other: frozenset[str]) -> int:
-    """Words of ``words`` that negate a word of ``other`` by a prefix ("unsafe" vs "safe")."""
+    """Words of ``words`` that negate a word of ``other`` by a prefix ("unsafe" vs "safe")
+    or by the suffix "-less" ("eggless" vs "eggs")."""
     count = 0
     for word in words - other:
+        if word.endswith("less") and len(word) >= 7 and (
+            word[:-4] in other or word[:-4] + "s" in other
+        ):
+            count += 1
+            continue
         for prefix in _NEGATING_PREFIXES:
             if word.startswith(prefix) and len(word) - len(prefix) >= 3 and (
                 word[len(prefix):] in other
@@ -544,6 +560,16 @@ def _fails_order(a: _Features, b: _Features) -> bool:
                for x, y in a.ordered)
 
 
+def _fails_substitution(a: _Features, b: _Features) -> bool:
+    if a.answer_type == b.answer_type and a.answer_type not in (None, "open") and (
+        a.tokens[a.opening:] == b.tokens[b.opening:]
+    ):
+        # Only the question phrase differs and asks for the same kind of answer
+        # ("Who said X?" vs "Which philosopher said X?").
+        return False
+    return _swapped_words(a.tokens, b.tokens)
+
+
 _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
     "quoted": lambda a, b: a.quoted != b.quoted,
     "identifiers": lambda a, b: a.identifiers != b.identifiers,
@@ -554,7 +580,7 @@ _FAILS: dict[str, Callable[[_Features, _Features], bool]] = {
     "entities": lambda a, b: _missing_entity(a.entities, b) or _missing_entity(b.entities, a),
     "answer_type": lambda a, b: (a.answer_type is not None and b.answer_type is not None
                                  and a.answer_type != b.answer_type),
-    "substitution": lambda a, b: _swapped_words(a.tokens, b.tokens),
+    "substitution": _fails_substitution,
 }
 
 
