@@ -12,22 +12,24 @@ what changes the answer and rejects the candidate when they differ in:
 * ``units``: units of measure, currencies and, after a number, time units
   (``km`` = ``kilometres``, ``$`` = ``dollars``);
 * ``negation``: negation (``not``, ``never``, ``without``, ``n't``...), negating prefixes
-  (``unsafe`` vs ``safe``) and opposites (``better`` vs ``worse``);
+  (``unsafe`` vs ``safe``), the suffix ``-less`` (``eggless`` vs ``eggs``) and opposites
+  (``better`` vs ``worse``);
 * ``order``: the order of the two sides of a conversion or comparison (``X to Y``,
   ``from X to Y``, ``X into Y``, ``X than Y``);
 * ``entities``: names (capitalised words inside a sentence, acronyms: ``Austria`` vs
   ``Australia``);
 * ``answer_type``: two questions opening with question words that ask for different
-  kinds of answer (*who*: a person, *when* / *what year*: a time, *where*: a place, *how
-  many* / *how much*: a quantity, *how long*: a duration, any other: open): "What is the
-  plot of X?" vs "Who wrote X?". Statements, imperatives and yes/no questions are not
-  compared;
+  kinds of answer (*who* / *which philosopher*: a person, *when* / *what year*: a time,
+  *where*: a place, *how many* / *how much*: a quantity, *how long*: a duration, any
+  other: open): "What is the plot of X?" vs "Who wrote X?". Statements, imperatives and
+  yes/no questions are not compared;
 * ``substitution``: the same sentence with a few content words swapped for others
   ("How do I *treat* a sunburn?" vs "How do I *prevent* a sunburn?"), or added to it
-  ("the best laptop" vs "the best laptop *bag*"). Embeddings score such pairs as high as
-  true paraphrases (often above 0.9), so no threshold separates them; the price is that
-  a rewording which only swaps a word for a synonym, leaving every other word in place,
-  is a miss;
+  ("the best laptop" vs "the best laptop *bag*"), unless only the question phrases
+  differ and ask for the same kind of answer ("*Who* painted X?" vs "*Which artist*
+  painted X?"). Embeddings score such pairs as high as true paraphrases (often above
+  0.9), so no threshold separates them; the price is that a rewording which only swaps
+  a word for a synonym, leaving every other word in place, is a miss;
 * ``focus``: below ``focus_below`` similarity (default 0.8), two questions on one topic
   that ask about different things ("What is the *history* of jazz?" vs "What
   *instruments* are used in jazz?"): they share content words, and one of them carries
