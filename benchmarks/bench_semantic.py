@@ -105,6 +105,24 @@ async def _fill(cache: Cache, entries: int) -> float:
     return time.perf_counter() - started
 
 
+async def _timed_lookups(cache: Cache, queries: list[Any]) -> dict[str, Any]:
+    """Each query looked up once, timed alone: p50, p99, count and hit rate."""
+    latencies: list[float] = []
+    hits = 0
+    for query in queries:
+        started = time.perf_counter()
+        hit = await cache.async_lookup(query)
+        latencies.append(time.perf_counter() - started)
+        hits += hit is not None
+    latencies.sort()
+    return {
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+                        3),
+        "lookups": len(queries), "hit_rate": round(hits / len(queries), 3),
+    }
+
+
 async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
     entries = 2_000 if quick else 10_000
     results: list[Result] = []
@@ -121,14 +139,7 @@ async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
         try:
             fill_s = await _fill(cache, entries)
             queries = _queries(random.Random(7), entries, lookups)
-            latencies: list[float] = []
-            hits = 0
-            for query in queries:
-                started = time.perf_counter()
-                hit = await cache.async_lookup(query)
-                latencies.append(time.perf_counter() - started)
-                hits += hit is not None
-            latencies.sort()
+            lookup_figures = await _timed_lookups(cache, queries)
 
             async def concurrent(cache: Cache = cache, queries: list[Any] = queries) -> None:
                 for start in range(0, len(queries), 100):
@@ -140,11 +151,7 @@ async def _lookup_figures(redis_port: int, quick: bool) -> list[Result]:
                                    warmup=0 if embedded else 1, probe_loop=True)
             result.extra = {
                 "entries": entries, "fill_s": round(fill_s, 2),
-                "fill_entries_per_s": round(entries / fill_s),
-                "p50_ms": round(statistics.median(latencies) * 1000, 3),
-                "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-                                * 1000, 3),
-                "lookups": lookups, "hit_rate": round(hits / lookups, 3),
+                "fill_entries_per_s": round(entries / fill_s), **lookup_figures,
                 "errors": cache.stats()["errors"],
             }
             results.append(result)
@@ -172,16 +179,9 @@ async def run_embedded(quick: bool) -> list[Result]:
         texts = [q["messages"][-1]["content"] for q in queries]
         await backend.semantic.embedder.embed(texts)
         calls_before = backend.semantic.embedder.calls
-        latencies: list[float] = []
-        hits = 0
-        for query in queries:
-            started = time.perf_counter()
-            hit = await cache.async_lookup(query)
-            latencies.append(time.perf_counter() - started)
-            hits += hit is not None
+        lookup_figures = await _timed_lookups(cache, queries)
         if backend.semantic.embedder.calls != calls_before:
             raise AssertionError("the timed lookups called the embedder")
-        latencies.sort()
 
         async def sequential() -> None:
             for query in queries:
@@ -191,11 +191,7 @@ async def run_embedded(quick: bool) -> list[Result]:
                                "local-semantic", sequential, lookups, repeats=3,
                                probe_loop=True)
         result.extra = {
-            "entries": entries, "fill_s": round(fill_s, 2),
-            "p50_ms": round(statistics.median(latencies) * 1000, 3),
-            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-                            * 1000, 3),
-            "lookups": lookups, "hit_rate": round(hits / lookups, 3),
+            "entries": entries, "fill_s": round(fill_s, 2), **lookup_figures,
             "errors": cache.stats()["errors"], "embedding": "excluded (LRU)",
         }
         return [result]
