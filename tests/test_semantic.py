@@ -502,3 +502,13 @@ async def test_local_partitions_by_filter_at_ten_thousand_entries(make):
     # The same words under another model's filter never answer.
     assert await cache.async_lookup(chat(f"question 4242 about subject {4242 * 31 % 997} ?",
                                          model="model-1")) is None
+
+
+async def test_redis_lookups_beyond_max_connections_wait_their_turn(make):
+    # 40 concurrent lookups on 2 connections: the extra ones queue, none fails.
+    cache = make("redis", embedding=HashEmbedder(16), max_connections=2, timeout=None)
+    await cache.async_store(chat("how many connections does this use"), "two")
+    hits = await asyncio.gather(*(cache.async_lookup(chat("how many connections does this use ?"))
+                                  for _ in range(40)))
+    assert [hit.value for hit in hits] == ["two"] * 40
+    assert cache.stats()["errors"] == 0

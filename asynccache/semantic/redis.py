@@ -155,7 +155,15 @@ class RedisSemanticBackend(SemanticBackend):
         self._index_dimension: int | None = None
 
     async def _make_client(self) -> aioredis.Redis:
-        return aioredis.Redis(**self._connect)
+        # redis.asyncio's own pool raises MaxConnectionsError once every connection is
+        # busy; a blocking pool makes the extra lookups wait their turn instead (the
+        # cache's timeout still bounds each call), as the exact-match Redis store does.
+        # The client built first only works out the connection settings (TLS included).
+        template = aioredis.Redis(**self._connect).connection_pool
+        pool = aioredis.BlockingConnectionPool(
+            connection_class=template.connection_class, max_connections=template.max_connections,
+            timeout=None, **template.connection_kwargs)
+        return aioredis.Redis.from_pool(pool)
 
     # -- the index ----------------------------------------------------------------------
 
