@@ -468,11 +468,7 @@ class BaseCache:
             return self._value_now(key, namespace, max_age)
         self._check_open()
         ns = self.namespace if namespace is NOT_GIVEN else namespace
-        stored = stored_key(key, ns)
-        if self._coalescer is not None and self._queue is None:
-            data = await self._coalescer.get(stored)  # one frame less than _read_one
-        else:
-            data = await self._read_one(stored)
+        data = await self._read_one(stored_key(key, ns))
         return self._decode_values((data,), ns, max_age)[0]
 
     async def async_batch_get_entries(
