@@ -448,7 +448,7 @@ async def test_the_loop_thread_never_opens_the_file_or_checkpoints(db_path):
 
 
 _FORKED = textwrap.dedent("""
-    import asyncio, multiprocessing, sys
+    import asyncio, faulthandler, multiprocessing, sys
     from asynccache.backends.sqlite import SQLiteCache
 
     cache = SQLiteCache(path=sys.argv[1])
@@ -459,13 +459,19 @@ _FORKED = textwrap.dedent("""
         assert await cache.async_get_cache("parent") == "parent"
 
     def child():
+        # A child that hangs prints every thread's stack and exits, so the failure says
+        # where instead of holding the parent (and the suite) until its timeout.
+        faulthandler.dump_traceback_later(60, exit=True)
         asyncio.run(use("child"))
 
     async def main():
         await use("parent")
         process = multiprocessing.get_context("fork").Process(target=child)
         process.start()
-        process.join(60)
+        process.join(90)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
         assert process.exitcode == 0, process.exitcode
         await use("parent-after")
         assert await cache.async_get_cache("child") == "child"
