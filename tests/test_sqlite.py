@@ -491,6 +491,67 @@ async def test_a_forked_child_opens_its_own_connections_and_threads(db_path):
     assert out.decode().split() == ["ok"]
 
 
+_FORKED_MID_WRITE = textwrap.dedent("""
+    import asyncio, faulthandler, os, sys
+    from asynccache.backends.sqlite import SQLiteCache
+
+    cache = SQLiteCache(path=sys.argv[1])
+    big = "x" * 300_000  # over the loop's bounds: written and read by the threads
+
+    async def use(tag):
+        assert await cache.async_set_cache(tag, tag) is True
+        assert await cache.async_get_cache(tag) == tag
+
+    def child(tag):
+        faulthandler.dump_traceback_later(20, exit=True)
+        try:
+            asyncio.run(use(tag))
+        except BaseException as exc:
+            print(tag, "failed:", repr(exc), file=sys.stderr, flush=True)
+            os._exit(3)
+        os._exit(0)
+
+    async def main():
+        await use("parent")
+        for round_ in range(12):
+            # The fork comes while the writer and reader threads are in the middle of
+            # transactions on big values, at a different moment each round.
+            busy = [asyncio.ensure_future(cache.async_set_cache(f"big{round_}-{n}", big))
+                    for n in range(4)]
+            busy += [asyncio.ensure_future(cache.async_get_cache(f"big{round_ - 1}-{n}"))
+                     for n in range(4)]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.0005 * (round_ % 6))
+            pid = os.fork()
+            if pid == 0:
+                child(f"child{round_}")
+            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, (round_, status)
+            assert await asyncio.gather(*busy) == [True] * 4 + [big] * (4 if round_ else 0) \
+                + [None] * (0 if round_ else 4)
+        for round_ in range(12):
+            assert await cache.async_get_cache(f"child{round_}") == f"child{round_}"
+        await use("parent-after")
+        await cache.aclose()
+        print("ok", flush=True)
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_a_child_forked_in_the_middle_of_a_transaction_can_write(db_path):
+    # SQLite's per-process lock state and mutexes are inherited as they were at the fork:
+    # without closing the connections at fork time, such children fail with "database is
+    # locked" or hang in their first open.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FORKED_MID_WRITE, db_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert out.decode().split() == ["ok"]
+
+
 async def test_single_sets_on_the_loop_hand_eviction_to_the_writer_thread(db_path):
     limit = 256 * 1024
     async with SQLiteCache(path=db_path, max_bytes=limit) as cache:

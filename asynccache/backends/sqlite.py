@@ -67,6 +67,7 @@ from ..base import BaseCache
 from ..config import NotGiven, split_settings
 from ..contract import Backend, WriteItem
 from ..exceptions import ConfigurationError
+from ._sqlite_fork import GATE
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT", "DEFAULT_MAX_BYTES", "DEFAULT_PATH", "DEFAULT_PURGE_INTERVAL",
@@ -101,20 +102,6 @@ LOOP_SLICE = 8
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: Writer-queue marker: checkpoint the WAL (PASSIVE), nothing to answer.
 _CHECKPOINT = "checkpoint"
-#: Loop connections a forked child inherited: kept, never used or closed (SQLite must
-#: not close a connection opened by another process).
-_INHERITED: list[sqlite3.Connection] = []
-#: How many forks this process descends from (bumped in each child).
-_FORKS = [0]
-
-
-def _count_fork() -> None:
-    _FORKS[0] += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_count_fork)
-
 T = TypeVar("T")
 
 _SCHEMA = (
@@ -247,6 +234,11 @@ class _Writer:
     def _serve(self) -> None:
         backend = self._backend
         connection: sqlite3.Connection | None = None
+        epoch = -1
+
+        def connect() -> sqlite3.Connection:
+            return backend.connect(writer=True)
+
         next_purge = time.monotonic() + backend.purge_interval
         first: _Job | str | None = None
         queued: _Job | str | None = None
@@ -262,7 +254,9 @@ class _Writer:
                     first = self._jobs.get(timeout=wait if connection is not None else None)
                 except queue.Empty:
                     if connection is not None:
-                        self._maintain(connection)
+                        with GATE:
+                            connection, epoch = GATE.current(connection, epoch, connect)
+                            self._maintain(connection)
                         next_purge = time.monotonic() + backend.purge_interval
                     continue
                 if first is None:
@@ -282,27 +276,31 @@ class _Writer:
                         checkpoint = True
                     else:
                         group.append(queued)
-                if connection is None:
+                outcomes: list[tuple[_Job, bool, Any]] = []
+                with GATE:
                     try:
-                        connection = backend.connect(writer=True)
+                        connection, epoch = GATE.current(connection, epoch, connect)
                     except Exception as exc:
-                        self._done(len(group))
-                        _deliver([(job, False, exc) for job in group])
-                        continue
+                        connection = None
+                        outcomes = [(job, False, exc) for job in group]
+                    else:
+                        if group:
+                            outcomes = self._commit(connection, group)
+                        if checkpoint:
+                            self._checkpoint_queued = False
+                            # Busy: the next one catches up.
+                            with contextlib.suppress(sqlite3.Error):
+                                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 if group:
-                    outcomes = self._commit(connection, group)
                     self._done(len(group))
                     _deliver(outcomes)
-                    del outcomes
-                if checkpoint:
-                    self._checkpoint_queued = False
-                    with contextlib.suppress(sqlite3.Error):  # busy: the next one catches up
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                del outcomes
                 if stopping:
                     return
         finally:
             if connection is not None:
-                connection.close()
+                with GATE:
+                    GATE.close(connection)
 
     def _commit(self, connection: sqlite3.Connection,
                 group: list[_Job]) -> list[tuple[_Job, bool, Any]]:
@@ -414,15 +412,16 @@ class _Readers:
 
     def _main(self) -> None:
         connection: sqlite3.Connection | None = None
+        epoch = -1
         try:
             while True:
                 job: _Job | None = self._jobs.get()
                 if job is None:
                     return
                 try:
-                    if connection is None:
-                        connection = self._backend.connect(writer=False)
-                    outcome: tuple[_Job, bool, Any] = (job, True, job.run(connection))
+                    with GATE:
+                        connection, epoch = GATE.current(connection, epoch, self._connect)
+                        outcome: tuple[_Job, bool, Any] = (job, True, job.run(connection))
                 except Exception as exc:
                     outcome = (job, False, exc)
                 _deliver([outcome])
@@ -430,7 +429,11 @@ class _Readers:
                 job = None
         finally:
             if connection is not None:
-                connection.close()
+                with GATE:
+                    GATE.close(connection)
+
+    def _connect(self) -> sqlite3.Connection:
+        return self._backend.connect(writer=False)
 
     def release(self) -> None:
         for _ in self._threads:
@@ -518,9 +521,9 @@ class SQLiteBackend(Backend):
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         #: Loop connections by thread id (opened in a worker thread, used on the loop
-        #: thread), for the process of fork generation ``_loop_generation``.
+        #: thread), opened in the fork gate's epoch ``_loop_epoch``.
         self._loop_connections: dict[int, sqlite3.Connection] = {}
-        self._loop_generation = _FORKS[0]
+        self._loop_epoch = GATE.epoch
         self._opening: set[int] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, _Tick] = {}
         self._page_size = 4096
@@ -533,7 +536,8 @@ class SQLiteBackend(Backend):
     # -- connections and threads ---------------------------------------------------------
 
     def connect(self, *, writer: bool, on_loop: bool = False) -> sqlite3.Connection:
-        """A connection to the file with the cache's settings (opened in a worker thread).
+        """A connection to the file with the cache's settings (opened in a worker thread,
+        inside the fork gate: see :mod:`asynccache.backends._sqlite_fork`).
 
         ``on_loop``: the connection a loop thread uses for small batches; it never waits
         for a lock (``busy_timeout`` 0: a busy database sends the batch to a thread) and
@@ -561,6 +565,7 @@ class SQLiteBackend(Backend):
         except BaseException:
             connection.close()
             raise
+        GATE.opened(connection)
         return connection
 
     def _ensure_schema(self, connection: sqlite3.Connection, deadline: float) -> None:
@@ -637,11 +642,12 @@ class SQLiteBackend(Backend):
         return await future
 
     def _flush(self, tick: _Tick) -> None:
-        connection = self._loop_connection()
-        if tick.writes:  # first, so a read of the same tick sees them
-            self._flush_writes(connection, tick.writes)
-        if tick.reads:
-            self._flush_reads(connection, tick.reads)
+        with GATE:
+            connection = self._loop_connection()
+            if tick.writes:  # first, so a read of the same tick sees them
+                self._flush_writes(connection, tick.writes)
+            if tick.reads:
+                self._flush_reads(connection, tick.reads)
 
     def _carry(self, writes: list[tuple[list[Row], asyncio.Future[Any]]]) -> None:
         """Put writes at the front of the next tick, after those carried before them
@@ -672,10 +678,11 @@ class SQLiteBackend(Backend):
 
     def _loop_connection(self) -> sqlite3.Connection | None:
         """This thread's loop connection; ``None`` while a worker thread opens it."""
-        if self._loop_generation != _FORKS[0]:  # a forked child: cheaper than getpid()
-            _INHERITED.extend(self._loop_connections.values())
+        if self._loop_epoch != GATE.epoch:  # a fork closed them (or left them to the parent)
+            for stale in self._loop_connections.values():
+                GATE.close(stale)
             self._loop_connections, self._opening = {}, set()
-            self._loop_generation = _FORKS[0]
+            self._loop_epoch = GATE.epoch
         ident = threading.get_ident()
         connection = self._loop_connections.get(ident)
         if connection is None and ident not in self._opening:
@@ -978,8 +985,9 @@ class SQLiteBackend(Backend):
             # After the threads (one of them may still be opening a loop connection), and
             # here rather than on the loop: the last connection closed checkpoints the WAL.
             connections, self._loop_connections = self._loop_connections, {}
-            for connection in connections.values():
-                connection.close()
+            with GATE:
+                for connection in connections.values():
+                    GATE.close(connection)
 
         await asyncio.to_thread(close)
 
