@@ -423,6 +423,11 @@ class BaseCache:
         tally.bytes_read += len(data)
         return value
 
+    def _get_cache_now(self, key: str, *, namespace: str | NotGiven | None = NOT_GIVEN,
+                       max_age: float | None = None) -> Any:
+        # get_cache of a lean cache: async_get_cache's whole body, with no coroutine.
+        return self._value_now(key, namespace, max_age)
+
     def _to_hit(self, stored_key: str, data: bytes | None, namespace: str | None,
                 max_age: float | None, now: float) -> CacheHit | None:
         entry = self._decode_many([data], namespace, max_age, now)[0]
@@ -1029,7 +1034,7 @@ class BaseCache:
 
     lookup = sync_twin(async_lookup)
     store = sync_twin(async_store)
-    get_cache = sync_twin(async_get_cache)
+    get_cache = sync_twin(async_get_cache, lean="_get_cache_now")
     get_entry = sync_twin(async_get_entry)
     batch_get_cache = sync_twin(async_batch_get_cache)
     batch_get_entries = sync_twin(async_batch_get_entries)

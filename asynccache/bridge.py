@@ -350,9 +350,16 @@ class sync_twin(Generic[P, R]):
     ``get_cache = sync_twin(async_get_cache)`` in a class body gives ``get_cache`` the
     same arguments and result, run through :func:`run_sync`. The twin looks the async
     method up on the instance at call time, so subclasses override only the async one.
+
+    ``lean`` names a method with the async method's signature that does the whole call
+    without a coroutine on a loop-free cache (``_sync_inline``): the twin calls it
+    directly, unless a subclass or the instance replaced the async method.
     """
 
-    def __init__(self, async_method: Callable[Concatenate[Any, P], Awaitable[R]]) -> None:
+    def __init__(self, async_method: Callable[Concatenate[Any, P], Awaitable[R]], *,
+                 lean: str | None = None) -> None:
+        self._async_method = async_method
+        self._lean = lean
         self._async_name = async_method.__name__
         self.__doc__ = (
             f"Blocking twin of ``{self._async_name}`` (runs it on the sync bridge).\n\n"
@@ -394,9 +401,19 @@ class sync_twin(Generic[P, R]):
         looked up on every call, so one replaced on the instance is still the one run.
         """
         name = self._async_name
+        body = (getattr(obj, self._lean) if self._lean is not None
+                and getattr(type(obj), name, None) is self._async_method else None)
+        if body is None:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return run_inline(getattr(obj, name)(*args, **kwargs))
+        else:
+            instance = vars(obj)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return run_inline(getattr(obj, name)(*args, **kwargs))
+            def call(*args: Any, **kwargs: Any) -> Any:
+                replaced = instance.get(name)
+                if replaced is not None:  # an async method set on the instance still runs
+                    return run_inline(replaced(*args, **kwargs))
+                return body(*args, **kwargs)
 
         call.__name__ = self._name
         call.__doc__ = self.__doc__

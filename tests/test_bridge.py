@@ -146,6 +146,24 @@ def test_a_loop_free_cache_makes_each_twin_once_and_still_runs_a_replaced_method
     cache.async_get_cache = counting  # type: ignore[method-assign]
     assert cache.get_cache("k") == 1 and calls == ["k"]
 
+
+def test_a_loop_free_subclass_that_overrides_the_async_get_is_what_get_cache_runs():
+    # get_cache of a loop-free cache skips the coroutine by calling the get's body
+    # directly; a subclass's own async_get_cache must still be the one that runs.
+    class Upper(MemoryCache):
+        async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
+            value = await super().async_get_cache(key, **kwargs)
+            return None if value is None else value.upper()
+
+    plain, upper = MemoryCache(), Upper()
+    for cache in (plain, upper):
+        cache.set_cache("k", "quiet")
+    assert plain.get_cache("k") == "quiet"
+    assert upper.get_cache("k") == "QUIET"
+    assert plain.get_cache("k", namespace="other") is None
+    with pytest.raises(TypeError):
+        plain.get_cache("k", "positional namespace")  # keyword-only, as in the async get
+
 def test_calling_a_sync_twin_on_the_bridge_thread_raises_instead_of_deadlocking():
     cache = MemoryCache(coalesce_reads=True)  # coalescing needs a loop: not loop-free
     leftover = add(1, 1)
