@@ -482,13 +482,18 @@ _FORKED = textwrap.dedent("""
 """)
 
 
+async def _script_prints_ok(script: str, db_path: str) -> None:
+    """Run ``script`` with the database path: it exits 0, having printed ``ok`` only."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, db_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert out.decode().split() == ["ok"]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 async def test_a_forked_child_opens_its_own_connections_and_threads(db_path):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _FORKED, db_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().split() == ["ok"]
+    await _script_prints_ok(_FORKED, db_path)
 
 
 _FORKED_MID_WRITE = textwrap.dedent("""
@@ -544,12 +549,7 @@ async def test_a_child_forked_in_the_middle_of_a_transaction_can_write(db_path):
     # SQLite's per-process lock state and mutexes are inherited as they were at the fork:
     # without closing the connections at fork time, such children fail with "database is
     # locked" or hang in their first open.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _FORKED_MID_WRITE, db_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    assert out.decode().split() == ["ok"]
+    await _script_prints_ok(_FORKED_MID_WRITE, db_path)
 
 
 async def test_single_sets_on_the_loop_hand_eviction_to_the_writer_thread(db_path):
