@@ -137,6 +137,32 @@ def test_none_valued_parameters_are_the_same_as_absent_ones():
     assert key(**request, temperature=None, tools=None) == key(**request)
 
 
+#: Keys made by earlier releases: a stored cache must keep answering after an upgrade,
+#: so key building may get faster but never produce other bytes.
+PINNED_KEYS = [
+    ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Bonjour, 京都?"}],
+      "temperature": 1.0, "max_tokens": 64, "stop": None},
+     "e75481cae3631293f11306e7038ef7ca64a092e9c8173f003982ec27bd76d60f"),
+    ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+      "logit_bias": {50256: -100, 11: 5}},
+     "d3d2ea4e352f7a22be097b839789c032e28c008dab033961a659fcd0005ae22c"),
+    ({"model": "gpt-4o", "input": ["a", "b"], "seed": 7, "top_p": 0.5,
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+          "type": "object", "properties": {"x": {"type": "integer"}}}}}]},
+     "ffaa78309c448a62aa2434c47cd3448a38a2eff572f2c08a1e3997271b82b3ad"),
+]
+
+
+@pytest.mark.parametrize(("call", "pinned"), PINNED_KEYS)
+def test_keys_stay_what_earlier_releases_made(call, pinned):
+    assert request_key(call) == pinned
+    assert key(**call) == pinned
+
+
+def test_integer_dict_keys_key_like_their_string_form():
+    assert key(model="m", logit_bias={50256: -100}) == key(model="m", logit_bias={"50256": -100})
+
+
 def test_key_is_a_sha256_hex_digest_and_matches_request_key():
     request = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     k = key(**request)
