@@ -8,6 +8,10 @@ atomic increments, expiry purge, an application's own engine and a server restar
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import sqlalchemy as sa
@@ -151,3 +155,69 @@ def test_a_url_without_a_driver_gets_the_async_one():
     assert SQLBackend("postgresql://u@h/d").url.drivername == "postgresql+asyncpg"
     assert SQLBackend("mysql://u@h/d").url.drivername == "mysql+asyncmy"
     assert SQLBackend("sqlite:///x.db").url.drivername == "sqlite+aiosqlite"
+
+
+_FORK_ON_SQLITE = textwrap.dedent("""
+    import asyncio, faulthandler, logging, os, sqlite3, sys
+    from asynccache import Cache
+
+    path = sys.argv[1]
+    cache = Cache(type="sql", url=f"sqlite+aiosqlite:///{path}")
+    big = "x" * 300_000
+
+    def child(tag, expect_refusal):
+        faulthandler.dump_traceback_later(30, exit=True)
+        seen = []
+        handler = logging.Handler()
+        handler.emit = lambda record: seen.append(record.getMessage())
+        logging.getLogger("asynccache").addHandler(handler)
+
+        async def use():
+            stored = await cache.async_set_cache(tag, tag)
+            return stored, await cache.async_get_cache(tag)
+
+        stored, found = asyncio.run(use())
+        refused = any("forked while the SQL store had a transaction open" in m for m in seen)
+        ok = (not stored and found is None and refused) if expect_refusal else (
+            stored and found == tag and not refused)
+        os._exit(0 if ok else 3)
+
+    async def fork_and_wait(tag, expect_refusal):
+        pid = os.fork()
+        if pid == 0:
+            child(tag, expect_refusal)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, (tag, status)
+
+    async def main():
+        assert await cache.async_set_cache("parent", 1) is True
+        for round_ in range(4):
+            # Forked while the parent's writes are in flight: the child must not write.
+            busy = [asyncio.ensure_future(cache.async_set_cache(f"busy{round_}-{n}", big))
+                    for n in range(4)]
+            while not cache.backend._in_use:  # until the writes hold their connections
+                await asyncio.sleep(0)
+            await fork_and_wait(f"refused{round_}", expect_refusal=True)
+            assert await asyncio.gather(*busy) == [True] * 4
+            # Forked with the store idle: the child uses the file beside the parent.
+            await fork_and_wait(f"child{round_}", expect_refusal=False)
+            assert await cache.async_get_cache(f"child{round_}") == f"child{round_}"
+        assert await cache.async_get_cache("refused0") is None
+        await cache.aclose()
+        assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        print("ok", flush=True)
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_a_child_forked_mid_transaction_on_sqlite_refuses_instead_of_corrupting(tmp_path):
+    # Without the refusal such children write through SQLite lock state inherited
+    # half-way: "database disk image is malformed" within a few forks.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FORK_ON_SQLITE, str(tmp_path / "cache.db"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert out.decode().split() == ["ok"]

@@ -46,6 +46,7 @@ import os
 import re
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -59,7 +60,7 @@ from ..base import BaseCache
 from ..bridge import LoopLocal
 from ..config import NotGiven, split_settings
 from ..contract import Backend, WriteItem
-from ..exceptions import ConfigurationError
+from ..exceptions import BackendError, ConfigurationError
 
 __all__ = [
     "CHUNK", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_POOL_SIZE", "DEFAULT_PURGE_INTERVAL",
@@ -252,6 +253,27 @@ def _tls_context(ca: str | os.PathLike[str] | None, certfile: str | os.PathLike[
     return context
 
 
+#: SQL stores on SQLite files, for the fork hooks below.
+_SQLITE_STORES: weakref.WeakSet[SQLBackend] = weakref.WeakSet()
+
+
+def _note_busy_before_fork() -> None:
+    for backend in list(_SQLITE_STORES):
+        backend._busy_at_fork = backend._in_use > 0
+
+
+def _refuse_inherited_transactions() -> None:
+    for backend in list(_SQLITE_STORES):
+        if backend._busy_at_fork:
+            backend._forked_mid_use = True
+        backend._in_use = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_note_busy_before_fork,
+                        after_in_child=_refuse_inherited_transactions)
+
+
 class SQLBackend(Backend):
     """Entries in one table of a SQL database, through SQLAlchemy's asyncio Core.
 
@@ -316,6 +338,16 @@ class SQLBackend(Backend):
         self._stores: LoopLocal[_Store] = LoopLocal(self._open, _close)
         self._table_checked = False
         self._next_purge = 0.0
+        #: SQLite only: calls holding a pooled connection now. A transaction on SQLite
+        #: spans awaits (the driver's thread runs each statement), so a fork can come in
+        #: the middle of one, and a child would inherit SQLite's lock state for the file
+        #: as it was then: its writes would then go through locks it does not hold, which
+        #: corrupts the file. Such a child refuses to use the store (see _run).
+        self._in_use = 0
+        self._busy_at_fork = False
+        self._forked_mid_use = False
+        if self.dialect == "sqlite":
+            _SQLITE_STORES.add(self)
 
     @staticmethod
     def _resolve_url(url: str | sa.URL) -> sa.URL:
@@ -406,20 +438,32 @@ class SQLBackend(Backend):
         A server restart leaves every pooled connection dead; SQLAlchemy invalidates the
         pool on the first failure, so one retry on a fresh connection succeeds.
         """
-        store = await self._store()
-        for attempt in (1, 2):
-            try:
-                if transaction:
-                    async with store.engine.begin() as connection:
-                        return await work(connection, store)
-                async with store.engine.connect() as connection:
-                    result = await work(connection, store)
-                    await connection.commit()
-                    return result
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        if self._forked_mid_use:
+            raise BackendError(
+                "this process was forked while the SQL store had a transaction open on its "
+                f"SQLite file {self.url.database!r}; SQLite's lock state for the file came "
+                "along half-way, and writing through it could corrupt the file, so the store "
+                "is off in this process. Create the cache after the fork, or use "
+                'type="sqlite", whose SQLite store closes its connections at a fork'
+            )
+        self._in_use += 1
+        try:
+            store = await self._store()
+            for attempt in (1, 2):
+                try:
+                    if transaction:
+                        async with store.engine.begin() as connection:
+                            return await work(connection, store)
+                    async with store.engine.connect() as connection:
+                        result = await work(connection, store)
+                        await connection.commit()
+                        return result
+                except DBAPIError as exc:
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._in_use -= 1
 
     def _purge_due(self) -> bool:
         now = time.monotonic()
