@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +27,10 @@ import pytest
 from asynccache import Cache
 from asynccache.keys import namespace_prefix
 from tests.helpers import unique
-from tests.plugins.services import service_unavailable
 from tests.servers.processes import (
     ManagedProcess,
     ServiceUnavailable,
     free_port,
-    start_valkey,
     wait_for_port,
 )
 
@@ -406,24 +403,13 @@ async def test_8_threads_use_sync_twins_while_the_main_thread_runs_a_loop(valkey
 # -- recovery with the default settings --------------------------------------------------------
 
 
-@pytest.fixture
-def restartable_valkey(tmp_path):
-    try:
-        server = start_valkey(tmp_path / "valkey", search=False, name="valkey-restart")
-    except ServiceUnavailable as exc:
-        service_unavailable("valkey-server", exc)
-    yield server
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
-
-
 async def test_recovery_after_a_restart_with_defaults_needs_no_caller_to_probe(
-        restartable_valkey):
-    cache = Cache(type="redis", port=restartable_valkey.port, namespace=unique("restart"))
+        private_valkey):
+    cache = Cache(type="redis", port=private_valkey.port, namespace=unique("restart"))
     assert cache.breaker.cooldown == 0.25  # the default: probes at most 0.25 s apart
     try:
         assert await cache.async_set_cache("before", 1) is True
-        await asyncio.to_thread(restartable_valkey.kill)
+        await asyncio.to_thread(private_valkey.kill)
         while cache.stats()["circuit"] == "closed":
             assert await cache.async_get_cache("before") is None  # a miss, never a raise
         # Open: callers are skipped without touching the dead server...
@@ -438,7 +424,7 @@ async def test_recovery_after_a_restart_with_defaults_needs_no_caller_to_probe(
         while cache.stats()["failed_probes"] < probes + 3:
             assert time.monotonic() < deadline, "the background probes stopped"
             await asyncio.sleep(0.01)
-        await asyncio.to_thread(restartable_valkey.start)
+        await asyncio.to_thread(private_valkey.start)
         probes_at_restart = cache.stats()["probes"]
         # Nobody calls the cache now: a background probe alone closes the circuit.
         while cache.stats()["circuit"] != "closed":

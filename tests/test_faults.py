@@ -33,19 +33,7 @@ from benchmarks.fault_report import (
 )
 from tests.helpers import unique
 from tests.plugins.services import service_unavailable
-from tests.servers.processes import ServiceUnavailable, free_port, start_valkey
-
-
-@pytest.fixture
-def private_valkey(tmp_path):
-    """A valkey-server of this test's own, free to be killed, paused and restarted."""
-    try:
-        server = start_valkey(tmp_path / "valkey", search=False, name="valkey-fault")
-    except ServiceUnavailable as exc:
-        service_unavailable("valkey-server", exc)
-    yield server
-    server.stop()  # resumes a paused server first; a no-op on a killed one
-    shutil.rmtree(server.workdir, ignore_errors=True)
+from tests.servers.processes import ServiceUnavailable, free_port
 
 
 def _failure_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

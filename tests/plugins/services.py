@@ -22,6 +22,18 @@ def service_unavailable(name: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture
+def private_valkey(tmp_path):
+    """A valkey-server of the test's own, free to be killed, paused and restarted."""
+    try:
+        server = start_valkey(tmp_path / "valkey", search=False, name="valkey-private")
+    except ServiceUnavailable as exc:
+        service_unavailable("valkey-server", exc)
+    yield server
+    server.stop()  # resumes a paused server first; a no-op on a killed one
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def valkey_server():
     """One valkey-server with RediSearch on 127.0.0.1 for the whole session."""
